@@ -1,0 +1,130 @@
+"""The ``aegis-router`` command line: build an index, route tasks, evaluate and calibrate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import AegisRouterError
+from .tiers import Tier
+
+logger = logging.getLogger("aegis_router.cli")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.run(args)
+    except (AegisRouterError, FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"aegis-router: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aegis-router", description="Route an agent's task to the right tool with an early-exit cascade."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log progress (-v) or debug details (-vv)")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    index = commands.add_parser("index", help="embed a tool catalogue into an index folder")
+    index.add_argument("catalogue", nargs="+", type=Path, help="tool files (JSON, JSONL, YAML) or Agent Skills folders")
+    index.add_argument("-o", "--output", type=Path, required=True, help="index folder to write (replaced atomically)")
+    index.add_argument(
+        "--model",
+        default="demo",
+        help="model folder or hub id; 'demo' (the default) is the bundled all-MiniLM-L6-v2, English only",
+    )
+    index.add_argument("--fast-tier", type=Tier.parse, help="fast tier as LAYERSxDIM (default: the model's profile)")
+    index.add_argument("--format", default="auto", choices=("auto", "tools", "openai", "mcp", "skills"))
+    index.add_argument("--batch-size", type=int, default=32, help="texts per encoder batch (default 32)")
+    index.add_argument("--device", help="torch device, for example cpu or cuda (default cpu)")
+    index.add_argument("--rebuild", action="store_true", help="embed every tool again instead of reusing unchanged ones")
+    index.set_defaults(run=_run_index)
+
+    route = commands.add_parser("route", help="route tasks (arguments, or one per line on standard input)")
+    route.add_argument("index", type=Path, help="index folder built by 'aegis-router index'")
+    route.add_argument("tasks", nargs="*", help="tasks to route; read from standard input when none are given")
+    route.add_argument("--json", action="store_true", help="print one JSON object per task")
+    route.add_argument("--k", type=int, default=3, help="number of ranked candidates to show (default 3)")
+    route.add_argument("--margin", type=float, help="override the escalation margin")
+    route.add_argument("--min-score", type=float, help="override the full-tier score below which no tool fits")
+    route.add_argument("--model", help="model folder or hub id, if it moved since the index was built")
+    route.set_defaults(run=_run_route)
+
+    return parser
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from .building import build_index
+
+    index = build_index(
+        args.catalogue,
+        args.output,
+        model=args.model,
+        fast_tier=args.fast_tier,
+        catalogue_format=args.format,
+        batch_size=args.batch_size,
+        device=args.device,
+        reuse=not args.rebuild,
+    )
+    print(
+        f"indexed {len(index.catalogue)} tools ({index.entry_count} entries) with {index.model.name} "
+        f"at {index.fast_tier} and {index.full_tier} -> {args.output}"
+    )
+    return 0
+
+
+def _run_route(args: argparse.Namespace) -> int:
+    from .encoder import Encoder
+    from .index import Index
+    from .router import Router
+
+    tasks = list(args.tasks) or [line.strip() for line in sys.stdin if line.strip()]
+    if not tasks:
+        raise ValueError("no tasks given: pass them as arguments or one per line on standard input")
+
+    index = Index.load(args.index)
+    encoder = Encoder.from_pretrained(args.model or index.model.name)
+    router = Router(index, encoder, margin=args.margin, min_score=args.min_score, candidates=max(args.k, 1))
+    results = router.route_batch(tasks) if len(tasks) > 1 else [router.route(tasks[0])]
+
+    if args.json:
+        for result in results:
+            print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return 0
+
+    for result in results:
+        tool = result.tool_id or "(no tool fits)"
+        flag = "escalated" if result.escalated else "fast"
+        print(f"{result.task}")
+        print(
+            f"  -> {tool}  score {result.score:.3f}  margin {result.margin:.3f}  "
+            f"tier {result.tier.key} ({flag})  {result.ms:.1f} ms"
+        )
+        others = ", ".join(f"{c.tool.id} {c.score:.3f}" for c in result.candidates[1:])
+        if others:
+            print(f"     also: {others}")
+    return 0
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbosity == 0:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

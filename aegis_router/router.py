@@ -1,0 +1,317 @@
+"""The cascaded router: a cheap fast-tier pass, and the full tier only when the fast pass is unsure.
+
+For each task the router embeds the task at the fast tier, scores every tool
+(a tool's score is the best cosine among its description and examples) and
+looks at the margin between the best and the second-best tool. A margin below
+the threshold, or a best score below the fast floor, escalates: the encoder
+resumes from the fast tier's hidden state to full depth, and the full tier
+decides. When the full tier's best score is below ``min_score`` the answer is
+"no tool fits" (``tool is None``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .catalogue import Tool
+from .encoder import Encoder
+from .index import QUERY_PROMPT, Index, Thresholds
+from .tiers import Tier
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CANDIDATES = 5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A tool and its score at the tier that decided."""
+
+    tool: Tool
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tool": self.tool.id, "score": round(self.score, 6)}
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """The router's decision for one task.
+
+    ``tool`` is None when no tool scores at least ``min_score`` at the full
+    tier. ``margin`` is the gap between the best and second-best tool at the
+    deciding tier (infinite with a one-tool catalogue). ``ms`` is the
+    wall-clock time of the call, shared equally by the tasks of a batch.
+    """
+
+    task: str
+    tool: Tool | None
+    score: float
+    margin: float
+    tier: Tier
+    escalated: bool
+    candidates: tuple[Candidate, ...]
+    ms: float
+
+    @property
+    def tool_id(self) -> str | None:
+        return self.tool.id if self.tool is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain JSON types, with the keys the command line prints."""
+        return {
+            "task": self.task,
+            "tool": self.tool_id,
+            "score": round(self.score, 6),
+            "margin": round(self.margin, 6) if math.isfinite(self.margin) else None,
+            "tier": self.tier.to_dict(),
+            "escalated": self.escalated,
+            "candidates": [candidate.to_dict() for candidate in self.candidates],
+            "ms": round(self.ms, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The ``k`` best tools for a task, for agents that bind several tools at once.
+
+    ``margin`` is the gap between the k-th and the (k+1)-th tool at the
+    deciding tier; a small gap means the cut was unclear, which is what
+    escalates a selection.
+    """
+
+    task: str
+    candidates: tuple[Candidate, ...]
+    margin: float
+    tier: Tier
+    escalated: bool
+    ms: float
+
+    @property
+    def tools(self) -> list[Tool]:
+        return [candidate.tool for candidate in self.candidates]
+
+
+@dataclass
+class RouterStats:
+    """Counters since the router was created."""
+
+    tasks: int = 0
+    escalated: int = 0
+    abstained: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, tasks: int, escalated: int, abstained: int) -> None:
+        with self._lock:
+            self.tasks += tasks
+            self.escalated += escalated
+            self.abstained += abstained
+
+    @property
+    def escalation_rate(self) -> float:
+        return self.escalated / self.tasks if self.tasks else 0.0
+
+
+class Router:
+    """Routes tasks over an :class:`Index` with the cascade.
+
+    Thresholds come, in order of precedence, from the caller's arguments, the
+    index (its profile defaults, or the values calibration fitted), so a
+    calibrated index is used as calibrated unless the caller overrides it.
+    A router is safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        index: Index,
+        encoder: Encoder,
+        *,
+        margin: float | None = None,
+        min_score: float | None = None,
+        fast_min_score: float | None = None,
+        candidates: int = DEFAULT_CANDIDATES,
+    ) -> None:
+        index.check_encoder(encoder)
+        if candidates < 1:
+            raise ValueError(f"candidates must be at least 1, got {candidates}")
+
+        self.index = index
+        self.encoder = encoder
+        self.candidates = candidates
+        stored = index.thresholds
+        self.thresholds = Thresholds(
+            margin=stored.margin if margin is None else float(margin),
+            min_score=stored.min_score if min_score is None else float(min_score),
+            fast_min_score=stored.fast_min_score if fast_min_score is None else float(fast_min_score),
+            source=stored.source if margin is None and min_score is None and fast_min_score is None else "caller",
+            calibration=stored.calibration,
+        )
+        if self.thresholds.source != "calibration":
+            logger.info("router thresholds come from %s, not from calibration on your tasks", self.thresholds.source)
+
+        self.stats = RouterStats()
+        self._prompt = QUERY_PROMPT if QUERY_PROMPT in encoder.sentence_config.prompts else None
+        self._fast = index.matrix(index.fast_tier)
+        self._full = index.matrix(index.full_tier)
+        self._starts = index.entry_starts
+
+    @classmethod
+    def load(cls, index_path: str | Path, encoder: Encoder | None = None, **options: Any) -> Router:
+        """Load an index and the model it was built with (by the name stored in the index)."""
+        index = Index.load(index_path)
+        if encoder is None:
+            encoder = Encoder.from_pretrained(index.model.name)
+        return cls(index, encoder, **options)
+
+    @property
+    def fast_tier(self) -> Tier:
+        return self.index.fast_tier
+
+    @property
+    def full_tier(self) -> Tier:
+        return self.index.full_tier
+
+    def route(self, task: str) -> RouteResult:
+        """Choose the tool for one task, or None when no tool fits."""
+        return self.route_batch([task])[0]
+
+    def route_batch(self, tasks: Sequence[str]) -> list[RouteResult]:
+        """Route several tasks: one fast pass for all, one resumed pass for only the unsure ones."""
+        started = time.perf_counter()
+        fast_scores, escalate, full_scores = self._cascade(tasks, cut=1)
+
+        results = []
+        elapsed_ms = (time.perf_counter() - started) * 1000 / len(tasks)
+        for row, task in enumerate(tasks):
+            escalated = row in full_scores
+            scores = full_scores[row] if escalated else fast_scores[row]
+            ranked = _ranking(scores, max(self.candidates, 2))
+            best, second = scores[ranked[0]], (scores[ranked[1]] if len(ranked) > 1 else -math.inf)
+            tool = self.index.catalogue[int(ranked[0])]
+            if escalated and self.thresholds.min_score is not None and best < self.thresholds.min_score:
+                tool = None
+            results.append(
+                RouteResult(
+                    task=task,
+                    tool=tool,
+                    score=float(best),
+                    margin=float(best - second),
+                    tier=self.full_tier if escalated else self.fast_tier,
+                    escalated=escalated,
+                    candidates=self._candidates(scores, ranked[: self.candidates]),
+                    ms=elapsed_ms,
+                )
+            )
+
+        self.stats.add(len(tasks), len(full_scores), sum(result.tool is None for result in results))
+        return results
+
+    def select(self, task: str, k: int = DEFAULT_CANDIDATES) -> Selection:
+        """Return the ``k`` best tools; escalate when the cut between the k-th and (k+1)-th is unclear."""
+        if not 1 <= k <= len(self.index.catalogue):
+            raise ValueError(f"k must be between 1 and the number of tools ({len(self.index.catalogue)}), got {k}")
+        started = time.perf_counter()
+        fast_scores, _, full_scores = self._cascade([task], cut=k)
+
+        escalated = 0 in full_scores
+        scores = full_scores[0] if escalated else fast_scores[0]
+        ranked = _ranking(scores, k + 1)
+        after = scores[ranked[k]] if len(ranked) > k else -math.inf
+        self.stats.add(1, int(escalated), 0)
+        return Selection(
+            task=task,
+            candidates=self._candidates(scores, ranked[:k]),
+            margin=float(scores[ranked[k - 1]] - after),
+            tier=self.full_tier if escalated else self.fast_tier,
+            escalated=escalated,
+            ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def score(self, tasks: Sequence[str], tier: Tier) -> np.ndarray:
+        """Score every tool for each task at one tier, with no cascade: ``(tasks, tools)`` cosines."""
+        matrix = self.index.matrix(tier)
+        vectors = self.encoder.encode(list(tasks), tier, prompt_name=self._prompt)
+        return _tool_scores(vectors, matrix, self._starts)
+
+    def _cascade(self, tasks: Sequence[str], cut: int) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+        """Run the fast tier on all tasks and the full tier on the unsure ones.
+
+        ``cut`` is the rank whose gap to the next rank decides: 1 for routing
+        (best against second), k for selecting k tools.
+        """
+        vectors, state = self.encoder.encode_with_state(tasks, self.fast_tier, prompt_name=self._prompt)
+        fast_scores = _tool_scores(vectors, self._fast, self._starts)
+        escalate = self._unsure(fast_scores, cut)
+
+        full_scores: dict[int, np.ndarray] = {}
+        rows = np.flatnonzero(escalate)
+        if len(rows):
+            full_vectors = self.encoder.resume(state.rows(rows.tolist()), self.full_tier)
+            for row, scores in zip(rows, _tool_scores(full_vectors, self._full, self._starts)):
+                full_scores[int(row)] = scores
+        return fast_scores, escalate, full_scores
+
+    def _unsure(self, scores: np.ndarray, cut: int) -> np.ndarray:
+        """Which rows of fast-tier tool scores the fast tier cannot decide alone."""
+        return unsure_rows(scores, cut, self.thresholds.margin, self.thresholds.fast_min_score)
+
+    def _candidates(self, scores: np.ndarray, ranked: np.ndarray) -> tuple[Candidate, ...]:
+        catalogue = self.index.catalogue
+        return tuple(Candidate(catalogue[int(i)], float(scores[i])) for i in ranked)
+
+
+def unsure_rows(scores: np.ndarray, cut: int, margin: float, fast_min_score: float | None) -> np.ndarray:
+    """Return a boolean mask of the rows to escalate, given ``(tasks, tools)`` fast-tier scores.
+
+    A row escalates when the gap between its ``cut``-th and ``(cut+1)``-th best
+    tool is below ``margin``, or its best score is below ``fast_min_score``.
+    With no ``(cut+1)``-th tool the gap is infinite.
+    """
+    if scores.shape[1] <= cut:
+        gaps = np.full(scores.shape[0], np.inf)
+    else:
+        top = -np.partition(-scores, cut, axis=1)[:, : cut + 1]
+        top.sort(axis=1)
+        gaps = top[:, 1] - top[:, 0]
+    unsure = gaps < margin
+    if fast_min_score is not None:
+        unsure |= scores.max(axis=1) < fast_min_score
+    return unsure
+
+
+def _tool_scores(vectors: np.ndarray, matrix: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    # One matrix product scores every entry; reduceat takes each tool's best entry
+    # (entries of a tool are contiguous, starting at starts[i]).
+    entry_scores = vectors @ matrix.T
+    return np.maximum.reduceat(entry_scores, starts, axis=1)
+
+
+def _ranking(scores: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, scores.shape[0])
+    top = np.argpartition(-scores, k - 1)[:k]
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_router(index_path: str) -> Router:
+    return Router.load(index_path)
+
+
+def route(task: str, index: str | Path | Router) -> RouteResult:
+    """Route one task with the index at ``index`` (a folder) or with a ready :class:`Router`.
+
+    Routers loaded from a path are kept (up to 4), so repeated calls do not
+    reload the model.
+    """
+    router = index if isinstance(index, Router) else _cached_router(str(Path(index).resolve()))
+    return router.route(task)
