@@ -36,7 +36,7 @@ def build_index(
     encoder = model if isinstance(model, Encoder) else Encoder.from_pretrained(model, device=device)
     profile = profile_for(encoder.name, encoder.model_type, encoder.depth, encoder.hidden_size)
     fast_tier = fast_tier or profile.fast
-    full_tier = profile.full if profile.full.layers <= encoder.depth else encoder.full_tier
+    full_tier = profile.full_tier_for(encoder.depth, encoder.hidden_size)
 
     previous = None
     output = Path(output)

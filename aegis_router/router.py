@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from .catalogue import Tool
+from .catalogue import Catalogue, Tool
 from .encoder import Encoder
 from .index import QUERY_PROMPT, Index, Thresholds
-from .tiers import Tier
+from .tiers import Tier, profile_for
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,32 @@ class Router:
         index = Index.load(index_path)
         if encoder is None:
             encoder = Encoder.from_pretrained(index.model.name)
+        return cls(index, encoder, **options)
+
+    @classmethod
+    def from_catalogue(
+        cls,
+        catalogue: Catalogue | Sequence[Tool],
+        encoder: Encoder,
+        *,
+        fast_tier: Tier | None = None,
+        **options: Any,
+    ) -> Router:
+        """Build an in-memory index of ``catalogue`` with the model profile's tiers and route over it.
+
+        Nothing is written to disk; use :func:`aegis_router.build_index` for an
+        index that is kept, calibrated and reused.
+        """
+        profile = profile_for(encoder.name, encoder.model_type, encoder.depth, encoder.hidden_size)
+        catalogue = catalogue if isinstance(catalogue, Catalogue) else Catalogue(catalogue)
+        index = Index.build(
+            catalogue,
+            encoder,
+            fast_tier=fast_tier or profile.fast,
+            full_tier=profile.full_tier_for(encoder.depth, encoder.hidden_size),
+            thresholds=Thresholds(margin=profile.margin, min_score=profile.min_score, source=f"profile {profile.name}"),
+            profile=profile.name,
+        )
         return cls(index, encoder, **options)
 
     @property

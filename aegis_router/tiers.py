@@ -77,6 +77,12 @@ class ModelProfile:
     calibrated_on: str = ""
     notes: str = ""
 
+    def full_tier_for(self, depth: int, hidden_size: int) -> Tier:
+        """The profile's full tier, or the model's own depth and width when the model is smaller."""
+        if self.full.layers <= depth and self.full.dim <= hidden_size:
+            return self.full
+        return Tier(depth, hidden_size)
+
 
 # aegis-embed: 22-layer ModernBERT, 768 dims, trained for exits at any depth and
 # widths 768/512/256/128/64.
