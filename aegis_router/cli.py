@@ -60,6 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--model", help="model folder or hub id, if it moved since the index was built")
     route.set_defaults(run=_run_route)
 
+    serve = commands.add_parser("serve", help="serve routing and OpenAI-compatible embeddings over HTTP")
+    serve.add_argument("index", type=Path, help="index folder built by 'aegis-router index'")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--model", help="model folder or hub id, if it moved since the index was built")
+    serve.add_argument("--max-batch-size", type=int, default=64, help="most texts grouped into one encoder batch")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request waits for others to batch with")
+    serve.add_argument("--no-batching", action="store_true", help="run each request on its own (for comparison)")
+    serve.add_argument("--max-inputs", type=int, default=256, help="most texts accepted in one request")
+    serve.add_argument("--max-text-chars", type=int, default=16_384, help="longest text accepted, in characters")
+    serve.add_argument("--max-body-bytes", type=int, default=2_000_000, help="largest request body accepted, in bytes")
+    serve.set_defaults(run=_run_serve)
+
     return parser
 
 
@@ -114,6 +127,12 @@ def _run_route(args: argparse.Namespace) -> int:
         if others:
             print(f"     also: {others}")
     return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .service import serve
+
+    return serve(args)
 
 
 def _configure_logging(verbosity: int) -> None:
