@@ -60,6 +60,42 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--model", help="model folder or hub id, if it moved since the index was built")
     route.set_defaults(run=_run_route)
 
+    evaluate = commands.add_parser("evaluate", help="measure fast tier, full tier and cascade on labelled queries")
+    evaluate.add_argument("index", type=Path, help="index folder built by 'aegis-router index'")
+    evaluate.add_argument("queries", type=Path, help='JSONL of {"text", "gold": [ids], "lang"?, "candidates"?}')
+    _add_query_options(evaluate)
+    evaluate.add_argument("--margin", type=float, help="override the escalation margin")
+    evaluate.add_argument("--min-score", type=float, help="override the full-tier score below which no tool fits")
+    evaluate.add_argument("--fast-min-score", type=float, help="override the fast-tier score below which a task escalates")
+    evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics as JSON to FILE")
+    evaluate.add_argument("--plot", type=Path, metavar="FILE.png", help="draw accuracy against escalation rate (needs matplotlib)")
+    evaluate.set_defaults(run=_run_evaluate)
+
+    calibrate = commands.add_parser("calibrate", help="fit the escalation thresholds and store them in the index")
+    calibrate.add_argument("index", type=Path, help="index folder; its thresholds are replaced")
+    calibrate.add_argument("queries", type=Path, help="JSONL queries (with or without 'gold'), or a .txt file of tasks")
+    _add_query_options(calibrate)
+    calibrate.add_argument(
+        "--mode",
+        choices=("labels", "agreement"),
+        help="'labels' keeps accuracy near the full tier's; 'agreement' needs no labels (default: labels when every query has 'gold')",
+    )
+    calibrate.add_argument("--tolerance", type=float, default=0.5, help="accuracy points the cascade may lose (default 0.5)")
+    calibrate.add_argument("--agreement", type=float, default=0.99, help="share of full-tier decisions to keep (default 0.99)")
+    calibrate.add_argument("--dry-run", action="store_true", help="print the fit without writing the index")
+    calibrate.set_defaults(run=_run_calibrate)
+
+    bench = commands.add_parser("bench", help="time fast tier, full tier and cascade against baselines, in one run")
+    bench.add_argument("index", type=Path, help="index folder built by 'aegis-router index'")
+    bench.add_argument("queries", type=Path, help="JSONL or .txt tasks to time (not the catalogue's own examples, which match themselves)")
+    bench.add_argument("--limit", type=int, default=200, help="tasks to time (default 200)")
+    bench.add_argument("--repeats", type=int, default=1, help="times each task is routed per mode (default 1)")
+    bench.add_argument("--batch-size", type=int, default=64, help="tasks per batch for throughput (default 64)")
+    bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    bench.add_argument("--model", help="model folder or hub id, if it moved since the index was built")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to FILE")
+    bench.set_defaults(run=_run_bench)
+
     serve = commands.add_parser("serve", help="serve routing and OpenAI-compatible embeddings over HTTP")
     serve.add_argument("index", type=Path, help="index folder built by 'aegis-router index'")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
@@ -126,6 +162,78 @@ def _run_route(args: argparse.Namespace) -> int:
         others = ", ".join(f"{c.tool.id} {c.score:.3f}" for c in result.candidates[1:])
         if others:
             print(f"     also: {others}")
+    return 0
+
+
+def _add_query_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", help="keep only queries whose 'split' field equals this, for example dev")
+    parser.add_argument("--limit", type=int, help="use at most this many queries")
+    parser.add_argument("--model", help="model folder or hub id, if it moved since the index was built")
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch (default 64)")
+
+
+def _load_router(args: argparse.Namespace, **thresholds):
+    from .encoder import Encoder
+    from .index import Index
+    from .router import Router
+
+    index = Index.load(args.index)
+    encoder = Encoder.from_pretrained(args.model or index.model.name)
+    return Router(index, encoder, **thresholds)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import ScoreTable, evaluate, format_evaluation, load_queries
+
+    queries = load_queries(args.queries, split=args.split, limit=args.limit)
+    router = _load_router(args, margin=args.margin, min_score=args.min_score, fast_min_score=args.fast_min_score)
+    table = ScoreTable.compute(router, queries, batch_size=args.batch_size)
+    result = evaluate(router, queries, table=table)
+    print(format_evaluation(result))
+
+    if args.json:
+        args.json.write_text(json.dumps(result.to_dict(), indent=1), encoding="utf-8")
+    if args.plot:
+        from .plotting import plot_trade_off
+
+        plot_trade_off(table, router.thresholds, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibrate
+    from .evaluation import ScoreTable, load_queries
+
+    queries = load_queries(args.queries, split=args.split, limit=args.limit)
+    router = _load_router(args)
+    table = ScoreTable.compute(router, queries, batch_size=args.batch_size)
+    fitted = calibrate(
+        table,
+        mode=args.mode,
+        tolerance=args.tolerance,
+        agreement=args.agreement,
+        min_score=router.thresholds.min_score,
+        source=str(args.queries),
+    )
+    print(f"calibrated on {len(queries)} queries ({fitted.mode}): {fitted.summary()}")
+    if args.dry_run:
+        return 0
+    router.index.with_thresholds(fitted.thresholds).save(args.index)
+    print(f"thresholds written to {args.index}")
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+    from .evaluation import load_queries
+
+    router = _load_router(args)
+    tasks = [query.text for query in load_queries(args.queries, limit=args.limit)]
+    report = run_bench(router, tasks, repeats=args.repeats, batch_size=args.batch_size, threads=args.threads)
+    print(report.format())
+    if args.json:
+        args.json.write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
     return 0
 
 

@@ -10,6 +10,7 @@ layers.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,8 +180,8 @@ class Encoder:
 
         Texts are sorted by token length and each batch is padded only to its
         own longest text; rows come back in input order. A single string gives
-        a 1-D vector. The progress bar shows by default when there are at least
-        8 batches.
+        a 1-D vector. By default a progress bar shows on a terminal when there
+        are at least 8 batches.
         """
         single = isinstance(texts, str)
         tier = tier or self.full_tier
@@ -219,7 +220,7 @@ class Encoder:
         order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         if show_progress is None:
-            show_progress = len(batches) >= PROGRESS_MIN_BATCHES
+            show_progress = len(batches) >= PROGRESS_MIN_BATCHES and sys.stderr.isatty()
         depths = sorted({tier.layers for tier in tiers})
 
         output = {tier: np.empty((len(items), tier.dim), dtype=np.float32) for tier in tiers}

@@ -267,7 +267,7 @@ class Router:
         """Score every tool for each task at one tier, with no cascade: ``(tasks, tools)`` cosines."""
         matrix = self.index.matrix(tier)
         vectors = self.encoder.encode(list(tasks), tier, prompt_name=self._prompt)
-        return _tool_scores(vectors, matrix, self._starts)
+        return tool_scores(vectors, matrix, self._starts)
 
     def _cascade(self, tasks: Sequence[str], cut: int) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         """Run the fast tier on all tasks and the full tier on the unsure ones.
@@ -276,14 +276,14 @@ class Router:
         (best against second), k for selecting k tools.
         """
         vectors, state = self.encoder.encode_with_state(tasks, self.fast_tier, prompt_name=self._prompt)
-        fast_scores = _tool_scores(vectors, self._fast, self._starts)
+        fast_scores = tool_scores(vectors, self._fast, self._starts)
         escalate = self._unsure(fast_scores, cut)
 
         full_scores: dict[int, np.ndarray] = {}
         rows = np.flatnonzero(escalate)
         if len(rows):
             full_vectors = self.encoder.resume(state.rows(rows.tolist()), self.full_tier)
-            for row, scores in zip(rows, _tool_scores(full_vectors, self._full, self._starts)):
+            for row, scores in zip(rows, tool_scores(full_vectors, self._full, self._starts)):
                 full_scores[int(row)] = scores
         return fast_scores, escalate, full_scores
 
@@ -301,21 +301,29 @@ def unsure_rows(scores: np.ndarray, cut: int, margin: float, fast_min_score: flo
 
     A row escalates when the gap between its ``cut``-th and ``(cut+1)``-th best
     tool is below ``margin``, or its best score is below ``fast_min_score``.
-    With no ``(cut+1)``-th tool the gap is infinite.
     """
-    if scores.shape[1] <= cut:
-        gaps = np.full(scores.shape[0], np.inf)
-    else:
-        top = -np.partition(-scores, cut, axis=1)[:, : cut + 1]
-        top.sort(axis=1)
-        gaps = top[:, 1] - top[:, 0]
-    unsure = gaps < margin
+    unsure = top_gap(scores, cut) < margin
     if fast_min_score is not None:
         unsure |= scores.max(axis=1) < fast_min_score
     return unsure
 
 
-def _tool_scores(vectors: np.ndarray, matrix: np.ndarray, starts: np.ndarray) -> np.ndarray:
+def top_gap(scores: np.ndarray, cut: int = 1) -> np.ndarray:
+    """The gap between each row's ``cut``-th and ``(cut+1)``-th best score.
+
+    The gap is infinite when a row has no ``(cut+1)``-th finite score, which
+    happens with a small catalogue or when candidates mask tools to ``-inf``.
+    """
+    if scores.shape[1] <= cut:
+        return np.full(scores.shape[0], np.inf)
+    top = -np.partition(-scores, cut, axis=1)[:, : cut + 1]
+    top.sort(axis=1)
+    with np.errstate(invalid="ignore"):
+        gaps = top[:, 1] - top[:, 0]
+    return np.where(np.isfinite(gaps), gaps, np.inf)
+
+
+def tool_scores(vectors: np.ndarray, matrix: np.ndarray, starts: np.ndarray) -> np.ndarray:
     # One matrix product scores every entry; reduceat takes each tool's best entry
     # (entries of a tool are contiguous, starting at starts[i]).
     entry_scores = vectors @ matrix.T
