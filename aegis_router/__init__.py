@@ -27,6 +27,7 @@ _LAZY = {
     "Catalogue": "catalogue",
     "Encoder": "encoder",
     "EncoderState": "encoder",
+    "ExitHead": "heads",
     "Index": "index",
     "RouteResult": "router",
     "Router": "router",

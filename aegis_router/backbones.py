@@ -10,6 +10,7 @@ at a given depth.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from typing import Literal
 
@@ -18,8 +19,17 @@ from transformers.masking_utils import create_bidirectional_mask, create_bidirec
 
 from .errors import UnsupportedModelError
 
+logger = logging.getLogger(__name__)
+
 ExitNorm = Literal["raw", "final_norm"]
 EXIT_NORMS: tuple[str, ...] = ("raw", "final_norm")
+
+# "lean" runs the layers directly on the loaded weights (see aegis_router.lean);
+# "transformers" calls transformers' own layer modules.
+Runtime = Literal["lean", "transformers"]
+RUNTIMES: tuple[str, ...] = ("lean", "transformers")
+Quantization = Literal["int8"]
+QUANTIZATIONS: tuple[str, ...] = ("int8",)
 
 BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "camembert")
 SUPPORTED_MODEL_TYPES = ("modernbert", *BERT_FAMILY, "mpnet")
@@ -28,9 +38,13 @@ SUPPORTED_MODEL_TYPES = ("modernbert", *BERT_FAMILY, "mpnet")
 class Backbone(ABC):
     """A transformers encoder whose layers can be run in slices."""
 
+    runtime: Runtime = "transformers"
+
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.config = model.config
+        # The quantization of the linear layers the forward pass uses; None for the loaded dtype.
+        self.quantization: Quantization | None = None
 
     @property
     def depth(self) -> int:
@@ -121,29 +135,69 @@ class MPNetBackbone(Backbone):
         return hidden
 
 
-def backbone_for(model: torch.nn.Module, exit_norm: ExitNorm | None = None) -> Backbone:
-    """Wrap a loaded transformers model in the backbone class for its ``model_type``.
+def backbone_for(
+    model: torch.nn.Module,
+    exit_norm: ExitNorm | None = None,
+    *,
+    runtime: Runtime = "lean",
+    quantize: Quantization | None = None,
+) -> Backbone:
+    """Wrap a loaded transformers model in the backbone class for its ``model_type`` and ``runtime``.
 
     ``exit_norm`` only matters for pre-LayerNorm models (ModernBERT). When it is
     None, a ``representation_contract`` entry in the model's config.json
     decides, and otherwise raw exits are used. An explicit value wins over the
     config, because the caller asked for it.
+
+    ``runtime="lean"`` covers the BERT family and ModernBERT. Other models
+    (MPNet) and configurations the lean path does not handle fall back to the
+    transformers runtime, with an INFO log. ``quantize="int8"`` replaces the
+    linear layers by int8 ones (CPU, float32 models only); in the transformers
+    runtime this modifies ``model`` in place.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r} is not supported; use one of {', '.join(map(repr, RUNTIMES))}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(
+            f"quantize {quantize!r} is not supported; use one of {', '.join(map(repr, QUANTIZATIONS))} or None"
+        )
+
     model_type = getattr(model.config, "model_type", None)
     if model_type == "modernbert":
-        return ModernBertBackbone(model, exit_norm or contract_exit_norm(model.config) or "raw")
-    if exit_norm == "final_norm":
+        exit_norm = exit_norm or contract_exit_norm(model.config) or "raw"
+    elif exit_norm == "final_norm":
         raise UnsupportedModelError(
             f"exit_norm='final_norm' only applies to pre-LayerNorm models such as ModernBERT; "
             f"{model_type!r} layers already end in a LayerNorm, so leave exit_norm unset"
         )
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported model types are {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+
+    if runtime == "lean":
+        from .lean import lean_backbone_for, lean_unsupported_reason
+
+        reason = lean_unsupported_reason(model)
+        if reason is None:
+            return lean_backbone_for(model, exit_norm, quantize)
+        logger.info("using the transformers runtime for this %s model: %s", model_type, reason)
+
+    if quantize is not None:
+        from .lean import quantize_linear_modules
+
+        quantize_linear_modules(model)
+    backbone = _transformers_backbone(model, model_type, exit_norm)
+    backbone.quantization = quantize
+    return backbone
+
+
+def _transformers_backbone(model: torch.nn.Module, model_type: str, exit_norm: ExitNorm | None) -> Backbone:
+    if model_type == "modernbert":
+        return ModernBertBackbone(model, exit_norm)
     if model_type in BERT_FAMILY:
         return BertFamilyBackbone(model)
-    if model_type == "mpnet":
-        return MPNetBackbone(model)
-    raise UnsupportedModelError(
-        f"model_type {model_type!r} is not supported; supported model types are {', '.join(SUPPORTED_MODEL_TYPES)}"
-    )
+    return MPNetBackbone(model)
 
 
 def contract_exit_norm(config) -> ExitNorm | None:

@@ -9,7 +9,8 @@ from pathlib import Path
 from .catalogue import Catalogue, CatalogueFormat
 from .encoder import Encoder
 from .errors import AegisRouterError
-from .index import MANIFEST, Index, Thresholds
+from .heads import DEFAULT_EPOCHS, DEFAULT_WIDTH, train_head
+from .index import MANIFEST, Index, Thresholds, entry_pooled_states, entry_texts
 from .tiers import Tier, profile_for
 
 logger = logging.getLogger(__name__)
@@ -64,3 +65,45 @@ def build_index(
     )
     index.save(output)
     return index
+
+
+def train_index_head(
+    index: Index,
+    encoder: Encoder,
+    texts: Sequence[str] = (),
+    *,
+    include_catalogue: bool = True,
+    width: int = DEFAULT_WIDTH,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = 0,
+    show_progress: bool | None = None,
+) -> Index:
+    """Train an exit head for ``index`` on ``texts`` plus the catalogue's own texts, and attach it.
+
+    Held-out agreement is measured as routing agreement over this index's
+    tools: the share of held-out texts whose best tool through the head equals
+    the full tier's best tool. The returned index must be saved, and its
+    thresholds calibrated again, because the fast tier's scores changed.
+    """
+    index.check_encoder(encoder)
+    catalogue_texts = [text for text, _ in entry_texts(index.catalogue)] if include_catalogue else []
+    all_texts = [*catalogue_texts, *texts]
+    sources = {"catalogue": len(catalogue_texts), "given": len(texts)}
+
+    tools_pooled = entry_pooled_states(index.catalogue, encoder, index.fast_tier)
+    trained = train_head(
+        encoder,
+        all_texts,
+        index.fast_tier,
+        index.full_tier,
+        tools_full=index.matrix(index.full_tier),
+        tools_pooled=tools_pooled,
+        tool_starts=index.entry_starts,
+        width=width,
+        epochs=epochs,
+        seed=seed,
+        show_progress=show_progress,
+        sources=sources,
+    )
+    logger.info("exit head trained: held-out agreement %.4f", trained.info.training["agreement"])
+    return index.with_head(trained.head, trained.info, encoder)

@@ -139,6 +139,7 @@ def calibrate(
             "quality": round(chosen.quality, 6),
             "full_quality": round(full_quality, 6),
             "escalation_rate": round(chosen.escalation_rate, 6),
+            "head": table.head,
         },
     )
     margin_curve = tuple(point for point in curve if point.fast_min_score == chosen.fast_min_score)

@@ -109,8 +109,17 @@ class Catalogue(Sequence[Tool]):
         if not paths:
             raise CatalogueError("no catalogue path given")
         tools: list[Tool] = []
+        defined_in: dict[str, str] = {}
         for path in paths:
-            tools.extend(load_tools(path, format=format))
+            for position, tool in enumerate(load_tools(path, format=format)):
+                source = str(tool.metadata.get("source", path))
+                if tool.id in defined_in:
+                    raise CatalogueError(
+                        f"{source}: entry {position}: duplicate tool id {tool.id!r}, already defined in "
+                        f"{defined_in[tool.id]}; ids must be unique"
+                    )
+                defined_in[tool.id] = source
+                tools.append(tool)
         return cls(tools)
 
     def __getitem__(self, position):
@@ -174,7 +183,7 @@ def _read_data(path: Path) -> Any:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            return _read_jsonl(path, text)
         if suffix in (".yaml", ".yml"):
             return yaml.safe_load(text)
         if suffix == ".json":
@@ -184,10 +193,27 @@ def _read_data(path: Path) -> Any:
     raise CatalogueError(f"{path}: unknown file type {suffix or '(none)'!r}; use .json, .jsonl, .yaml or .yml")
 
 
+def _read_jsonl(path: Path, text: str) -> list[Any]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise CatalogueError(f"{path}: line {number} could not be parsed: {exc.msg} (column {exc.colno})") from exc
+    return rows
+
+
 def _detect_format(data: Any, path: Path) -> str:
     items = _mcp_list(data)
     if items is not None:
-        return "mcp"
+        # A bare {"tools": [...]} mapping may also wrap a native or OpenAI list.
+        # MCP tools always have an inputSchema, and a JSON-RPC response is always MCP.
+        is_rpc_response = isinstance(data, dict) and "result" in data
+        if is_rpc_response or not items or all(isinstance(item, dict) and "inputSchema" in item for item in items):
+            return "mcp"
+        data = items
     if not isinstance(data, list) or not data:
         raise CatalogueError(
             f"{path}: unknown catalogue format; expected a non-empty list of tools, an OpenAI tools array "
@@ -282,7 +308,7 @@ def _skill_tools(path: Path) -> list[Tool]:
 
 
 def _skill_tool(skill_file: Path, position: int) -> Tool:
-    text = skill_file.read_text(encoding="utf-8")
+    text = skill_file.read_text(encoding="utf-8-sig")
     lines = text.splitlines()
     if not lines or lines[0].strip() != "---":
         raise CatalogueError(f"{skill_file}: SKILL.md must start with YAML front matter between '---' lines")
@@ -312,7 +338,7 @@ def _skill_tool(skill_file: Path, position: int) -> Tool:
 def _build_tool(fields: dict[str, Any], source: str, position: int) -> Tool:
     label = fields.get("id") or fields.get("name")
     entry = f"entry {position}" + (f" ({label!r})" if isinstance(label, str) else "")
-    for required in ("id", "name", "description"):
+    for required in ("name", "id", "description"):
         if fields.get(required) is None:
             raise CatalogueError(f"{source}: {entry}: field {required!r} is missing")
     try:

@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--dry-run", action="store_true", help="print the fit without writing the index")
     calibrate.set_defaults(run=_run_calibrate)
 
+    head = commands.add_parser("train-head", help="train an exit head that sharpens the fast tier, without labels")
+    head.add_argument("index", type=Path, help="index folder; the head is stored in it")
+    head.add_argument("texts", nargs="*", type=Path, help="extra training texts: .txt (one per line) or JSONL with 'text'")
+    head.add_argument("--no-catalogue", action="store_true", help="do not train on the catalogue's descriptions and examples")
+    head.add_argument("--width", type=int, default=1024, help="hidden width of the head (default 1024)")
+    head.add_argument("--epochs", type=int, default=30, help="most training epochs; stops early on no gain (default 30)")
+    head.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same head (default 0)")
+    head.add_argument("--max-texts", type=int, help="use at most this many texts from the given files")
+    head.add_argument("--model", help="model folder or hub id, if it moved since the index was built")
+    head.set_defaults(run=_run_train_head)
+
     bench = commands.add_parser("bench", help="time fast tier, full tier and cascade against baselines, in one run")
     bench.add_argument("index", type=Path, help="index folder built by 'aegis-router index'")
     bench.add_argument("queries", type=Path, help="JSONL or .txt tasks to time (not the catalogue's own examples, which match themselves)")
@@ -221,6 +232,37 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         return 0
     router.index.with_thresholds(fitted.thresholds).save(args.index)
     print(f"thresholds written to {args.index}")
+    return 0
+
+
+def _run_train_head(args: argparse.Namespace) -> int:
+    from .building import train_index_head
+    from .evaluation import load_queries
+
+    texts: list[str] = []
+    for path in args.texts:
+        texts.extend(query.text for query in load_queries(path))
+    if args.max_texts is not None:
+        texts = texts[: args.max_texts]
+
+    router = _load_router(args)
+    index = train_index_head(
+        router.index,
+        router.encoder,
+        texts,
+        include_catalogue=not args.no_catalogue,
+        width=args.width,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    index.save(args.index)
+    training = index.head_info.training
+    print(
+        f"exit head trained on {training['texts']} texts ({training['epochs_run']} epochs, best {training['best_epoch']}): "
+        f"held-out agreement with the full tier {training['agreement']:.2%}; saved in {args.index}"
+    )
+    if router.thresholds.source == "calibration":
+        print("the index's thresholds were calibrated without this head: run `aegis-router calibrate` again")
     return 0
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .backbones import Backbone, ExitNorm, backbone_for
+from .backbones import Backbone, ExitNorm, Quantization, Runtime, backbone_for
 from .errors import TierError, UnsupportedModelError
 from .model_files import SentenceModelConfig, fingerprint_folder, read_sentence_config, resolve_model_folder
 from .tiers import Tier
@@ -110,6 +111,8 @@ class Encoder:
         dtype: str | torch.dtype | None = None,
         *,
         exit_norm: ExitNorm | None = None,
+        runtime: Runtime = "lean",
+        quantize: Quantization | None = None,
         trust_remote_code: bool = False,
         revision: str | None = None,
     ) -> Encoder:
@@ -118,7 +121,12 @@ class Encoder:
         ``device`` defaults to the CPU and ``dtype`` to float32, whatever dtype
         the checkpoint was saved in: bfloat16 is far slower than float32 on
         most CPUs. ``exit_norm`` sets how a pre-LayerNorm model's early exits
-        are read; see :func:`aegis_router.backbones.backbone_for`.
+        are read. ``runtime`` chooses how layers run: ``"lean"`` (the default)
+        drives the weights directly with fewer torch calls, ``"transformers"``
+        calls transformers' own layer modules; both give the same vectors, and
+        MPNet always uses ``"transformers"``. ``quantize="int8"`` runs the
+        linear layers in int8 on the CPU, for the fast and the resumed pass
+        alike. See :func:`aegis_router.backbones.backbone_for`.
         """
         from transformers import AutoModel, AutoTokenizer
 
@@ -126,16 +134,25 @@ class Encoder:
         folder = resolve_model_folder(name_or_path, revision=revision)
         sentence_config = read_sentence_config(folder)
 
-        model = AutoModel.from_pretrained(
-            sentence_config.backbone_folder, dtype=torch_dtype, trust_remote_code=trust_remote_code
-        )
+        with _quiet_transformers_progress():
+            model = AutoModel.from_pretrained(
+                sentence_config.backbone_folder, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            )
         model.eval()
         model.to(torch.device(device) if device is not None else torch.device("cpu"))
         tokenizer = AutoTokenizer.from_pretrained(sentence_config.backbone_folder, trust_remote_code=trust_remote_code)
 
-        backbone = backbone_for(model, exit_norm)
+        backbone = backbone_for(model, exit_norm, runtime=runtime, quantize=quantize)
         name = str(name_or_path)
-        logger.info("loaded %s (%s, %d layers, %d dims)", name, model.config.model_type, backbone.depth, backbone.hidden_size)
+        logger.info(
+            "loaded %s (%s, %d layers, %d dims, %s runtime, %s weights)",
+            name,
+            model.config.model_type,
+            backbone.depth,
+            backbone.hidden_size,
+            backbone.runtime,
+            backbone.quantization or str(torch_dtype).removeprefix("torch."),
+        )
         return cls(backbone, tokenizer, sentence_config, name=name, fingerprint=fingerprint_folder(folder))
 
     @property
@@ -153,6 +170,16 @@ class Encoder:
         return str(self.backbone.config.model_type)
 
     @property
+    def runtime(self) -> Runtime:
+        """How the layers run: ``"lean"`` or ``"transformers"``."""
+        return self.backbone.runtime
+
+    @property
+    def quantization(self) -> Quantization | None:
+        """``"int8"`` when the linear layers run in int8, else None."""
+        return self.backbone.quantization
+
+    @property
     def full_tier(self) -> Tier:
         """All layers, full width."""
         return Tier(self.depth, self.hidden_size)
@@ -162,9 +189,14 @@ class Encoder:
         if not isinstance(tier, Tier):
             raise TypeError(f"expected a Tier, got {tier!r} ({type(tier).__name__}); build one with Tier(layers, dim)")
         if tier.layers > self.depth:
-            raise TierError(f"{tier} asks for {tier.layers} layers, but {self.name} has {self.depth}")
+            raise TierError(
+                f"{tier} asks for {tier.layers} layers, but {self.name} has {self.depth}; use 1 to {self.depth} layers"
+            )
         if tier.dim > self.hidden_size:
-            raise TierError(f"{tier} asks for {tier.dim} dimensions, but {self.name} produces {self.hidden_size}")
+            raise TierError(
+                f"{tier} asks for {tier.dim} dimensions, but {self.name} produces {self.hidden_size}; "
+                f"use 1 to {self.hidden_size} dimensions"
+            )
         return tier
 
     def encode(
@@ -209,10 +241,37 @@ class Encoder:
         down, so building an index for a fast and a full tier costs one full
         pass, not two.
         """
-        items = self._check_texts(texts)
         tiers = list(dict.fromkeys(self.check_tier(tier) for tier in tiers))
         if not tiers:
             raise ValueError("tiers is empty: pass at least one Tier")
+
+        output: dict[Tier, np.ndarray] = {}
+        walk = self.walk(texts, [tier.layers for tier in tiers], batch_size=batch_size, prompt_name=prompt_name, show_progress=show_progress)
+        for rows, state in walk:
+            for tier in tiers:
+                if tier.layers == state.layers:
+                    output.setdefault(tier, np.empty((len(texts), tier.dim), dtype=np.float32))[rows] = self.vectors(state, tier.dim)
+        return output
+
+    def walk(
+        self,
+        texts: Sequence[str],
+        depths: Sequence[int],
+        *,
+        batch_size: int = 32,
+        prompt_name: str | None = None,
+        show_progress: bool | None = None,
+    ) -> Iterator[tuple[np.ndarray, EncoderState]]:
+        """Yield ``(rows, state)`` for each length-sorted batch at each depth, shallowest first.
+
+        ``rows`` are the positions of the batch's texts in ``texts``. Each
+        batch runs its layers once, stopping at every requested depth on the
+        way down.
+        """
+        items = self._check_texts(texts)
+        depths = sorted(set(depths))
+        if not depths or depths[0] < 1 or depths[-1] > self.depth:
+            raise TierError(f"depths must be between 1 and {self.depth}, got {depths}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
@@ -221,17 +280,12 @@ class Encoder:
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         if show_progress is None:
             show_progress = len(batches) >= PROGRESS_MIN_BATCHES and sys.stderr.isatty()
-        depths = sorted({tier.layers for tier in tiers})
 
-        output = {tier: np.empty((len(items), tier.dim), dtype=np.float32) for tier in tiers}
         for rows in tqdm(batches, desc="encoding", unit="batch", disable=not show_progress):
             state = self._run(self._pad([token_ids[i] for i in rows]), depths[0])
             for depth in depths:
                 state = self.resume_state(state, depth)
-                for tier in tiers:
-                    if tier.layers == depth:
-                        output[tier][rows] = self.vectors(state, tier.dim)
-        return output
+                yield rows, state
 
     def encode_with_state(
         self, texts: Sequence[str], tier: Tier, *, prompt_name: str | None = None
@@ -347,6 +401,21 @@ class Encoder:
         if blank:
             raise ValueError(f"texts at positions {', '.join(blank[:10])} are empty or whitespace only")
         return items
+
+
+@contextmanager
+def _quiet_transformers_progress() -> Iterator[None]:
+    # transformers shows a "Loading weights" bar on every load whatever the log
+    # level; a library that loads a model on the hot path should not.
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _truncate(ids: list[int], special_mask: list[int], limit: int) -> list[int]:

@@ -13,7 +13,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,18 +80,22 @@ def load_queries(path: str | Path, *, split: str | None = None, limit: int | Non
 class ScoreTable:
     """Fast-tier and full-tier tool scores, ``(queries, tools)``, for a list of queries.
 
-    Tools outside a query's ``candidates`` score ``-inf``, so they are never
-    chosen and do not count in margins.
+    ``fast`` holds the scores the router decides with (through its exit head
+    when it uses one); ``fast_without_head`` holds the raw fast tier's scores
+    when there is a head, else None. Tools outside a query's ``candidates``
+    score ``-inf``, so they are never chosen and do not count in margins.
     """
 
     queries: tuple[Query, ...]
     tool_ids: tuple[str, ...]
     fast: np.ndarray
     full: np.ndarray
+    fast_without_head: np.ndarray | None = None
+    head: str | None = None
 
     @classmethod
     def compute(cls, router: Router, queries: Sequence[Query], *, batch_size: int = 64, show_progress: bool | None = None) -> ScoreTable:
-        """Embed every query at the fast and full tiers in one pass and score all tools."""
+        """Embed every query once to full depth, taking the fast tier on the way, and score all tools."""
         index = router.index
         tool_ids = tuple(index.catalogue.ids)
         known = set(tool_ids)
@@ -102,25 +106,54 @@ class ScoreTable:
                     f"query {number} ({query.text[:40]!r}) names tools not in the index: {', '.join(unknown[:5])}"
                 )
 
+        fast_tier, full_tier = index.fast_tier, index.full_tier
+        fast_vectors = np.empty((len(queries), fast_tier.dim), dtype=np.float32)
+        head_vectors = np.empty_like(fast_vectors) if router.head is not None else None
+        full_vectors = np.empty((len(queries), full_tier.dim), dtype=np.float32)
         prompt = QUERY_PROMPT if QUERY_PROMPT in router.encoder.sentence_config.prompts else None
-        vectors = router.encoder.encode_tiers(
+        walk = router.encoder.walk(
             [query.text for query in queries],
-            [index.fast_tier, index.full_tier],
+            [fast_tier.layers, full_tier.layers],
             batch_size=batch_size,
             prompt_name=prompt,
             show_progress=show_progress,
         )
-        fast = tool_scores(vectors[index.fast_tier], index.matrix(index.fast_tier), index.entry_starts)
-        full = tool_scores(vectors[index.full_tier], index.matrix(index.full_tier), index.entry_starts)
+        for rows, state in walk:
+            if state.layers == fast_tier.layers:
+                fast_vectors[rows] = router.encoder.vectors(state, fast_tier.dim)
+                if head_vectors is not None:
+                    head_vectors[rows] = router.head.vectors(router.encoder.pool(state), fast_tier.dim)
+            if state.layers == full_tier.layers:
+                full_vectors[rows] = router.encoder.vectors(state, full_tier.dim)
+
+        starts = index.entry_starts
+        raw_fast = tool_scores(fast_vectors, index.fast_matrix(use_head=False), starts)
+        full = tool_scores(full_vectors, index.matrix(full_tier), starts)
+        fast = raw_fast
+        if head_vectors is not None:
+            fast = tool_scores(head_vectors, index.fast_matrix(use_head=True), starts)
 
         position = {tool: i for i, tool in enumerate(tool_ids)}
         for row, query in enumerate(queries):
             if query.candidates:
                 allowed = np.zeros(len(tool_ids), dtype=bool)
                 allowed[[position[tool] for tool in query.candidates]] = True
-                fast[row, ~allowed] = -np.inf
-                full[row, ~allowed] = -np.inf
-        return cls(tuple(queries), tool_ids, fast, full)
+                for scores in (fast, raw_fast, full):
+                    scores[row, ~allowed] = -np.inf
+        return cls(
+            tuple(queries),
+            tool_ids,
+            fast,
+            full,
+            fast_without_head=raw_fast if head_vectors is not None else None,
+            head=index.head_info.fingerprint if router.head is not None else None,
+        )
+
+    def without_head(self) -> ScoreTable:
+        """The same table with the raw fast tier's scores, as a router without the head would see."""
+        if self.fast_without_head is None:
+            return self
+        return ScoreTable(self.queries, self.tool_ids, self.fast_without_head, self.full)
 
     def gold_mask(self) -> np.ndarray:
         """``(queries, tools)`` booleans: True where the tool is a gold answer."""
@@ -191,16 +224,22 @@ class Evaluation:
     n: int
     by_language: dict[str, dict[str, dict[str, Any]]]
     thresholds: dict[str, Any]
+    without_head: dict[str, dict[str, Any]] = field(default_factory=dict)
+    head: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        result = {
             "fast": self.fast,
             "full": self.full,
             "cascade": self.cascade,
             "n": self.n,
             "by_language": self.by_language,
             "thresholds": self.thresholds,
+            "head": self.head,
         }
+        for name, row in self.without_head.items():
+            result[f"{name}_without_head"] = row
+        return result
 
 
 def evaluate(router: Router, queries: Sequence[Query], *, table: ScoreTable | None = None, **options: Any) -> Evaluation:
@@ -219,14 +258,27 @@ def evaluate(router: Router, queries: Sequence[Query], *, table: ScoreTable | No
         table, thresholds.margin, thresholds.min_score, thresholds.fast_min_score
     )
 
+    raw = table.without_head() if table.head is not None else None
+    if raw is not None:
+        raw_chosen, raw_scores, raw_escalated = cascade_decisions(
+            raw, thresholds.margin, thresholds.min_score, thresholds.fast_min_score
+        )
+
     def measure(rows: np.ndarray | None) -> dict[str, dict[str, Any]]:
         cascade = metrics(table, cascade_chosen, cascade_scores, rows)
         cascade["escalation_rate"] = float(escalated[rows].mean() if rows is not None else escalated.mean())
-        return {
+        measured = {
             "fast": metrics(table, fast_chosen, table.fast, rows),
             "full": metrics(table, full_chosen, table.full, rows),
             "cascade": cascade,
         }
+        if raw is not None:
+            measured["fast_without_head"] = metrics(raw, raw.fast.argmax(axis=1), raw.fast, rows)
+            measured["cascade_without_head"] = metrics(raw, raw_chosen, raw_scores, rows)
+            measured["cascade_without_head"]["escalation_rate"] = float(
+                raw_escalated[rows].mean() if rows is not None else raw_escalated.mean()
+            )
+        return measured
 
     overall = measure(None)
     languages: dict[str, list[int]] = defaultdict(list)
@@ -242,6 +294,8 @@ def evaluate(router: Router, queries: Sequence[Query], *, table: ScoreTable | No
         n=len(table.queries),
         by_language=by_language,
         thresholds=thresholds.to_dict(),
+        without_head={name[: -len("_without_head")]: row for name, row in overall.items() if name.endswith("_without_head")},
+        head=table.head,
     )
 
 
@@ -249,17 +303,27 @@ def format_evaluation(evaluation: Evaluation) -> str:
     """A plain-text table of an evaluation, for the command line."""
     columns = ["top1", "recall@1", "recall@3", "recall@5", "recall@10", "mrr", "abstention_precision", "abstention_recall"]
     present = [c for c in columns if c in evaluation.full]
-    header = f"{'':<10}" + "".join(f"{c.replace('abstention_', 'abst_'):>11}" for c in present) + f"{'escalated':>11}"
-    lines = [f"{evaluation.n} queries", header]
-    for name in ("fast", "full", "cascade"):
-        row = getattr(evaluation, name)
+    short = {"abstention_precision": "abst_prec", "abstention_recall": "abst_rec"}
+    header = f"{'':<13}" + "".join(f"{short.get(c, c):>11}" for c in present) + f"{'escalated':>11}"
+    lines = [f"{evaluation.n} queries" + (f", exit head {evaluation.head}" if evaluation.head else ""), header]
+    rows = {"fast": evaluation.fast, "full": evaluation.full, "cascade": evaluation.cascade}
+    if evaluation.without_head:
+        rows = {
+            "fast+head": evaluation.fast,
+            "fast": evaluation.without_head["fast"],
+            "full": evaluation.full,
+            "cascade+head": evaluation.cascade,
+            "cascade": evaluation.without_head["cascade"],
+        }
+    for name, row in rows.items():
         cells = "".join(f"{row[c]:>11.3f}" for c in present)
         escalated = f"{row['escalation_rate']:>11.1%}" if "escalation_rate" in row else f"{'':>11}"
-        lines.append(f"{name:<10}{cells}{escalated}")
-    for lang, rows in evaluation.by_language.items():
+        lines.append(f"{name:<13}{cells}{escalated}")
+    for lang, by_tier in evaluation.by_language.items():
         lines.append(
-            f"  {lang:<8}fast {rows['fast'].get('top1', float('nan')):.3f}  full {rows['full'].get('top1', float('nan')):.3f}  "
-            f"cascade {rows['cascade'].get('top1', float('nan')):.3f}  escalated {rows['cascade']['escalation_rate']:.1%}"
-            f"  (n={rows['full']['n']})"
+            f"  {lang:<8}fast {by_tier['fast'].get('top1', float('nan')):.3f}  "
+            f"full {by_tier['full'].get('top1', float('nan')):.3f}  "
+            f"cascade {by_tier['cascade'].get('top1', float('nan')):.3f}  "
+            f"escalated {by_tier['cascade']['escalation_rate']:.1%}  (n={by_tier['full']['n']})"
         )
     return "\n".join(lines)

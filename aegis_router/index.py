@@ -11,7 +11,10 @@ On disk an index is a folder:
 - ``manifest.json``: model id and fingerprint, tiers, tool ids and text
   hashes, thresholds, and the SHA-256 of the two other files;
 - ``vectors.safetensors``: one float32 matrix per tier, rows in entry order;
-- ``catalogue.json``: the tools, so routing needs no catalogue file.
+- ``catalogue.json``: the tools, so routing needs no catalogue file;
+- ``head.safetensors``: the exit head, when one was trained (see
+  :mod:`aegis_router.heads`), with the fast-tier vectors mapped through it
+  stored under the key ``"LAYERSxDIM+head"``.
 
 Writes go to a temporary sibling folder that replaces the old one by rename,
 so a crash leaves either the old index or the new one, never a mix.
@@ -37,7 +40,10 @@ from .errors import IndexFormatError, IndexMismatchError
 from .tiers import Tier
 
 if TYPE_CHECKING:
+    import torch
+
     from .encoder import Encoder
+    from .heads import ExitHead, HeadInfo
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 VECTORS = "vectors.safetensors"
 CATALOGUE = "catalogue.json"
+HEAD = "head.safetensors"
 
 # Prompt names, as sentence-transformers models define them, for the two sides of a match.
 QUERY_PROMPT = "query"
@@ -125,10 +132,36 @@ class Index:
     tool_hashes: tuple[str, ...]
     profile: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    head: ExitHead | None = None
+    head_info: HeadInfo | None = None
 
     @property
     def tiers(self) -> tuple[Tier, ...]:
         return (self.fast_tier, self.full_tier)
+
+    @property
+    def head_key(self) -> str:
+        """The key of the fast-tier tool vectors mapped through the exit head."""
+        return f"{self.fast_tier.key}+head"
+
+    def fast_matrix(self, use_head: bool = True) -> np.ndarray:
+        """The fast-tier entry vectors: through the exit head when there is one and ``use_head`` is set."""
+        if use_head and self.head is not None:
+            return self.vectors[self.head_key]
+        return self.matrix(self.fast_tier)
+
+    def with_head(self, head: ExitHead, info: HeadInfo, encoder: Encoder, batch_size: int = 64) -> Index:
+        """Attach an exit head and map every entry's fast-tier state through it."""
+        self.check_encoder(encoder)
+        info.check(self.model.fingerprint, self.fast_tier, self.full_tier)
+        pooled = entry_pooled_states(self.catalogue, encoder, self.fast_tier, batch_size)
+        vectors = {key: value for key, value in self.vectors.items() if key != self.head_key}
+        vectors[self.head_key] = head.vectors(pooled, self.fast_tier.dim)
+        return replace(self, vectors=vectors, head=head, head_info=info)
+
+    def without_head(self) -> Index:
+        vectors = {key: value for key, value in self.vectors.items() if key != self.head_key}
+        return replace(self, vectors=vectors, head=None, head_info=None)
 
     @property
     def entry_count(self) -> int:
@@ -212,7 +245,7 @@ class Index:
                     blocks[tier.key].append(fresh[tier][position])
 
         entry_starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        return cls(
+        index = cls(
             catalogue=catalogue,
             model=ModelInfo.of(encoder),
             fast_tier=fast_tier,
@@ -223,6 +256,13 @@ class Index:
             tool_hashes=hashes,
             profile=profile,
         )
+        if previous is not None and previous.head is not None:
+            if reusable:
+                logger.info("index: mapping the tools through the existing exit head")
+                index = index.with_head(previous.head, previous.head_info, encoder, batch_size)
+            else:
+                logger.warning("index: the exit head was trained for another model or tiers and is dropped")
+        return index
 
     def save(self, path: str | Path) -> Path:
         """Write the index folder atomically: a crash leaves the old index or the new one, never a mix."""
@@ -237,9 +277,13 @@ class Index:
         try:
             save_file({key: np.ascontiguousarray(value) for key, value in self.vectors.items()}, str(staging / VECTORS))
             (staging / CATALOGUE).write_text(self.catalogue.to_json(), encoding="utf-8")
+            if self.head is not None:
+                from .heads import save_head
+
+                save_head(self.head, staging / HEAD)
             manifest = self._manifest(staging)
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-            for name in (VECTORS, CATALOGUE, MANIFEST):
+            for name in (*manifest["files"], MANIFEST):
                 _fsync(staging / name)
             _swap_in(staging, path)
         except BaseException:
@@ -270,6 +314,10 @@ class Index:
                 f"this aegis-router reads {FORMAT_NAME!r} version {FORMAT_VERSION}. Rebuild the index."
             )
 
+        missing = [key for key in ("model", "fast_tier", "full_tier", "thresholds", "entries", "entry_starts", "tools", "files") if key not in manifest]
+        if missing:
+            raise IndexFormatError(f"{manifest_file} lacks {', '.join(missing)}; the index is damaged. Rebuild it.")
+
         for name, expected in manifest["files"].items():
             actual = _sha256(path / name)
             if actual != expected:
@@ -293,6 +341,15 @@ class Index:
             extra=manifest.get("extra", {}),
         )
         index._validate(manifest, path)
+
+        if manifest.get("head"):
+            from .heads import HeadInfo, load_head
+
+            info = HeadInfo.from_dict(manifest["head"])
+            info.check(index.model.fingerprint, index.fast_tier, index.full_tier)
+            if index.head_key not in vectors:
+                raise IndexFormatError(f"{path}: the manifest lists an exit head but {VECTORS} has no {index.head_key!r}")
+            index = replace(index, head=load_head(path / HEAD, info, index.model.hidden_size), head_info=info)
         return index
 
     def _validate(self, manifest: dict[str, Any], path: Path) -> None:
@@ -323,7 +380,10 @@ class Index:
             "entry_starts": self.entry_starts.tolist(),
             "tools": [{"id": tool.id, "text_hash": digest} for tool, digest in zip(self.catalogue, self.tool_hashes)],
             "extra": self.extra,
-            "files": {name: _sha256(folder / name) for name in (VECTORS, CATALOGUE)},
+            "head": self.head_info.to_dict() if self.head_info is not None else None,
+            "files": {
+                name: _sha256(folder / name) for name in (VECTORS, CATALOGUE, HEAD) if name != HEAD or self.head is not None
+            },
         }
 
 
@@ -335,6 +395,32 @@ def _can_reuse(previous: Index, encoder: Encoder, fast_tier: Tier, full_tier: Ti
         logger.info("index: the tiers changed, so every tool is embedded again")
         return False
     return True
+
+
+def entry_texts(catalogue: Catalogue) -> list[tuple[str, str]]:
+    """Every entry of a catalogue in index order, as ``(text, prompt name)`` pairs."""
+    entries = []
+    for tool in catalogue:
+        entries.append((tool_text(tool), DOCUMENT_PROMPT))
+        entries.extend((example, QUERY_PROMPT) for example in tool.examples)
+    return entries
+
+
+def entry_pooled_states(catalogue: Catalogue, encoder: Encoder, tier: Tier, batch_size: int = 64) -> torch.Tensor:
+    """The pooled state after ``tier.layers`` layers of every entry, in index order (the input of an exit head)."""
+    import torch
+
+    entries = entry_texts(catalogue)
+    pooled = torch.empty((len(entries), encoder.hidden_size), dtype=torch.float32)
+    for prompt in (DOCUMENT_PROMPT, QUERY_PROMPT):
+        rows = [row for row, (_, entry_prompt) in enumerate(entries) if entry_prompt == prompt]
+        if not rows:
+            continue
+        prompt_name = prompt if prompt in encoder.sentence_config.prompts else None
+        texts = [entries[row][0] for row in rows]
+        for batch_rows, state in encoder.walk(texts, [tier.layers], batch_size=batch_size, prompt_name=prompt_name):
+            pooled[torch.as_tensor([rows[i] for i in batch_rows], dtype=torch.long)] = encoder.pool(state).cpu()
+    return pooled
 
 
 def _embed_entries(encoder, tiers, descriptions, examples, batch_size, show_progress) -> dict[Tier, dict[int, np.ndarray]]:
@@ -362,7 +448,11 @@ def _swap_in(staging: Path, path: Path) -> None:
     # leftover folder if a crash ever falls in that gap.
     retired = path.parent / f".{path.name}.{os.getpid()}.old"
     os.replace(path, retired)
-    os.replace(staging, path)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        os.replace(retired, path)
+        raise
     shutil.rmtree(retired, ignore_errors=True)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from .catalogue import Catalogue, Tool
 from .encoder import Encoder
-from .index import QUERY_PROMPT, Index, Thresholds
+from .index import MANIFEST, QUERY_PROMPT, Index, Thresholds
 from .tiers import Tier, profile_for
 
 logger = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ class Router:
         min_score: float | None = None,
         fast_min_score: float | None = None,
         candidates: int = DEFAULT_CANDIDATES,
+        use_head: bool = True,
     ) -> None:
         index.check_encoder(encoder)
         if candidates < 1:
@@ -159,9 +160,20 @@ class Router:
         if self.thresholds.source != "calibration":
             logger.info("router thresholds come from %s, not from calibration on your tasks", self.thresholds.source)
 
+        self.head = index.head if use_head else None
+        calibrated_head = (stored.calibration or {}).get("head")
+        current_head = index.head_info.fingerprint if self.head is not None else None
+        if stored.source == "calibration" and calibrated_head != current_head:
+            logger.warning(
+                "the index's thresholds were calibrated %s, but the router now runs %s; "
+                "run `aegis-router calibrate` again",
+                f"with exit head {calibrated_head}" if calibrated_head else "without an exit head",
+                f"exit head {current_head}" if current_head else "without one",
+            )
+
         self.stats = RouterStats()
         self._prompt = QUERY_PROMPT if QUERY_PROMPT in encoder.sentence_config.prompts else None
-        self._fast = index.matrix(index.fast_tier)
+        self._fast = index.fast_matrix(use_head)
         self._full = index.matrix(index.full_tier)
         self._starts = index.entry_starts
 
@@ -264,10 +276,16 @@ class Router:
         )
 
     def score(self, tasks: Sequence[str], tier: Tier) -> np.ndarray:
-        """Score every tool for each task at one tier, with no cascade: ``(tasks, tools)`` cosines."""
-        matrix = self.index.matrix(tier)
+        """Score every tool for each task at one tier, with no cascade: ``(tasks, tools)`` cosines.
+
+        At the fast tier the exit head is applied when the router uses one.
+        """
+        if tier == self.fast_tier and self.head is not None:
+            _, state = self.encoder.encode_with_state(list(tasks), tier, prompt_name=self._prompt)
+            vectors = self.head.vectors(self.encoder.pool(state), tier.dim)
+            return tool_scores(vectors, self._fast, self._starts)
         vectors = self.encoder.encode(list(tasks), tier, prompt_name=self._prompt)
-        return tool_scores(vectors, matrix, self._starts)
+        return tool_scores(vectors, self.index.matrix(tier), self._starts)
 
     def _cascade(self, tasks: Sequence[str], cut: int) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         """Run the fast tier on all tasks and the full tier on the unsure ones.
@@ -276,6 +294,8 @@ class Router:
         (best against second), k for selecting k tools.
         """
         vectors, state = self.encoder.encode_with_state(tasks, self.fast_tier, prompt_name=self._prompt)
+        if self.head is not None:
+            vectors = self.head.vectors(self.encoder.pool(state), self.fast_tier.dim)
         fast_scores = tool_scores(vectors, self._fast, self._starts)
         escalate = self._unsure(fast_scores, cut)
 
@@ -337,7 +357,9 @@ def _ranking(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_router(index_path: str) -> Router:
+def _cached_router(index_path: str, manifest_version: tuple[int, int] | None) -> Router:
+    # manifest_version is only part of the cache key: a save swaps in a new folder, so its
+    # manifest has a new inode and mtime, and a rebuilt index is loaded again.
     return Router.load(index_path)
 
 
@@ -347,5 +369,12 @@ def route(task: str, index: str | Path | Router) -> RouteResult:
     Routers loaded from a path are kept (up to 4), so repeated calls do not
     reload the model.
     """
-    router = index if isinstance(index, Router) else _cached_router(str(Path(index).resolve()))
-    return router.route(task)
+    if isinstance(index, Router):
+        return index.route(task)
+    path = Path(index).resolve()
+    try:
+        stat = (path / MANIFEST).stat()
+        version = (stat.st_ino, stat.st_mtime_ns)
+    except FileNotFoundError:
+        version = None  # Router.load raises IndexFormatError with the details
+    return _cached_router(str(path), version).route(task)

@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# The public benchmark sets live beside the clone, never inside it.
+BENCHMARKS = Path(os.environ.get("AEGIS_BENCHMARKS", Path(__file__).resolve().parents[2] / "shared" / "benchmarks"))
 
 
 @pytest.fixture(scope="session")
