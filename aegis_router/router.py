@@ -16,8 +16,9 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ class RouteResult:
     escalated: bool
     candidates: tuple[Candidate, ...]
     ms: float
+    cached: bool = False
 
     @property
     def tool_id(self) -> str | None:
@@ -78,6 +80,7 @@ class RouteResult:
             "escalated": self.escalated,
             "candidates": [candidate.to_dict() for candidate in self.candidates],
             "ms": round(self.ms, 3),
+            "cached": self.cached,
         }
 
 
@@ -109,6 +112,7 @@ class RouterStats:
     tasks: int = 0
     escalated: int = 0
     abstained: int = 0
+    cache_hits: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, tasks: int, escalated: int, abstained: int) -> None:
@@ -116,6 +120,10 @@ class RouterStats:
             self.tasks += tasks
             self.escalated += escalated
             self.abstained += abstained
+
+    def add_cache_hit(self) -> None:
+        with self._lock:
+            self.cache_hits += 1
 
     @property
     def escalation_rate(self) -> float:
@@ -141,10 +149,13 @@ class Router:
         fast_min_score: float | None = None,
         candidates: int = DEFAULT_CANDIDATES,
         use_head: bool = True,
+        cache_size: int = 0,
     ) -> None:
         index.check_encoder(encoder)
         if candidates < 1:
             raise ValueError(f"candidates must be at least 1, got {candidates}")
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be 0 (off) or more, got {cache_size}")
 
         self.index = index
         self.encoder = encoder
@@ -172,6 +183,9 @@ class Router:
             )
 
         self.stats = RouterStats()
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, RouteResult] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self._prompt = QUERY_PROMPT if QUERY_PROMPT in encoder.sentence_config.prompts else None
         self._fast = index.fast_matrix(use_head)
         self._full = index.matrix(index.full_tier)
@@ -220,8 +234,30 @@ class Router:
         return self.index.full_tier
 
     def route(self, task: str) -> RouteResult:
-        """Choose the tool for one task, or None when no tool fits."""
-        return self.route_batch([task])[0]
+        """Choose the tool for one task, or None when no tool fits.
+
+        With ``cache_size`` set, a task seen recently (the exact same text)
+        gets the earlier decision back without running the model, marked
+        ``cached=True``; hits are counted in ``stats.cache_hits``.
+        """
+        if not self.cache_size:
+            return self.route_batch([task])[0]
+
+        started = time.perf_counter()
+        with self._cache_lock:
+            earlier = self._cache.get(task)
+            if earlier is not None:
+                self._cache.move_to_end(task)
+        if earlier is not None:
+            self.stats.add_cache_hit()
+            return replace(earlier, ms=(time.perf_counter() - started) * 1000, cached=True)
+
+        result = self.route_batch([task])[0]
+        with self._cache_lock:
+            self._cache[task] = result
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return result
 
     def route_batch(self, tasks: Sequence[str]) -> list[RouteResult]:
         """Route several tasks: one fast pass for all, one resumed pass for only the unsure ones."""

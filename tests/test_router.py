@@ -392,3 +392,29 @@ def test_route_function_sees_rebuilt_index(tmp_path, tiny_bert_path):
     build_index([catalogue_file], tmp_path / "idx", model=encoder)
 
     assert route("show the logs", tmp_path / "idx").tool_id == "weather"
+
+
+def test_recent_task_cache_returns_earlier_decision(demo_encoder):
+    catalogue = Catalogue.load(EXAMPLES / "tools.yaml")
+    router = Router.from_catalogue(catalogue, demo_encoder, cache_size=2)
+    first = router.route("open the pricing page on our site")
+    again = router.route("open the pricing page on our site")
+    assert not first.cached
+    assert again.cached
+    assert again.tool_id == first.tool_id
+    assert again.score == first.score
+    assert router.stats.cache_hits == 1
+    assert router.stats.tasks == 1
+
+    router.route("what is the weather in Oslo")
+    router.route("refund order 1234")
+    evicted = router.route("open the pricing page on our site")
+    assert not evicted.cached
+
+
+def test_cache_off_by_default(demo_encoder):
+    catalogue = Catalogue.load(EXAMPLES / "tools.yaml")
+    router = Router.from_catalogue(catalogue, demo_encoder)
+    router.route("open the pricing page on our site")
+    assert not router.route("open the pricing page on our site").cached
+    assert router.stats.cache_hits == 0
