@@ -2,9 +2,11 @@
 
     python benchmarks/cascade.py --set metatool            # tool descriptions only
     python benchmarks/cascade.py --set clinc150 --examples 10
+    python benchmarks/cascade.py --set clinc150 --examples 10 --quantize int8
 
-Accuracy covers every query of the split (in-scope top-1; out-of-scope queries
-are left out of top-1 and reported as abstention). Time is the mean wall-clock
+Top-1 covers the split's in-scope queries. Abstention is off unless
+``--min-score`` is given, so the three modes are compared on choosing a tool
+alone; with it, an in-scope query that gets "no tool" counts as wrong. Time is the mean wall-clock
 time of routing one task at a time, over a sample, for each mode in turn.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import random
 import statistics
 import sys
@@ -33,20 +36,24 @@ def main() -> None:
     parser.add_argument("--split", default="dev", help="query split (default dev)")
     parser.add_argument("--examples", type=int, default=0, help="training queries per tool used as examples")
     parser.add_argument("--model", default="demo", help="model folder or hub id (default: the bundled demo model)")
+    parser.add_argument("--runtime", choices=("lean", "transformers"), default="lean", help="how layers run (default lean)")
+    parser.add_argument("--quantize", choices=("int8",), help="run the linear layers in int8 (default: float32)")
     parser.add_argument("--margin", type=float, help="escalation margin (default: the model profile's)")
+    parser.add_argument("--min-score", type=float, default=-math.inf, help="full-tier score below which no tool fits (default: off)")
     parser.add_argument("--timed", type=int, default=300, help="tasks timed one at a time per mode (default 300)")
     parser.add_argument("--data", help="folder of the public benchmarks (default ../shared/benchmarks)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    encoder = Encoder.from_pretrained(args.model)
+    encoder = Encoder.from_pretrained(args.model, runtime=args.runtime, quantize=args.quantize)
     catalogue = load_catalogue(args.set, data=args.data, examples_per_tool=args.examples)
     queries = load_queries(args.set, data=args.data, split=args.split)
-    router = Router.from_catalogue(catalogue, encoder, margin=args.margin)
+    router = Router.from_catalogue(catalogue, encoder, margin=args.margin, min_score=args.min_score)
     print(
         f"{args.set} {args.split}: {len(queries)} queries, {len(catalogue)} tools, {args.examples} examples per tool; "
-        f"model {encoder.name}; fast {router.fast_tier.key}, full {router.full_tier.key}, margin {router.thresholds.margin}"
+        f"model {encoder.name} ({encoder.runtime} runtime, {encoder.quantization or 'float32'}); "
+        f"fast {router.fast_tier.key}, full {router.full_tier.key}, margin {router.thresholds.margin}"
     )
 
     table = ScoreTable.compute(router, queries, batch_size=64, show_progress=True)
