@@ -29,7 +29,7 @@ def build_index(
 ) -> Index:
     """Load catalogues, embed them at the model profile's tiers and write the index to ``output``.
 
-    When ``output`` already holds an index of the same model and tiers, tools
+    When ``output`` already contains an index of the same model and tiers, tools
     whose text did not change keep their vectors, and its thresholds are
     kept (calibrated ones included; recalibrate if the catalogue changed much).
     """

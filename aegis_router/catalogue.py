@@ -301,7 +301,12 @@ def _mcp_tools(data: Any, source: str) -> list[Tool]:
 
 
 def _skill_tools(path: Path) -> list[Tool]:
-    skill_files = [path] if path.is_file() else [path / "SKILL.md"] if (path / "SKILL.md").is_file() else sorted(path.glob("*/SKILL.md"))
+    if path.is_file():
+        skill_files = [path]
+    elif (path / "SKILL.md").is_file():
+        skill_files = [path / "SKILL.md"]
+    else:
+        skill_files = sorted(path.glob("*/SKILL.md"))
     if not skill_files:
         raise CatalogueError(f"{path}: no SKILL.md found in it or in its sub-folders; an Agent Skills folder has one per skill")
     return [_skill_tool(skill_file, position) for position, skill_file in enumerate(skill_files)]

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request waits for others to batch with")
     serve.add_argument("--no-batching", action="store_true", help="run each request on its own (for comparison)")
     serve.add_argument("--max-inputs", type=int, default=256, help="most texts accepted in one request")
-    serve.add_argument("--max-text-chars", type=int, default=16_384, help="longest text accepted, in characters")
+    serve.add_argument("--max-text-chars", type=int, default=16_384, help="maximum length of one text, in characters")
     serve.add_argument("--max-body-bytes", type=int, default=2_000_000, help="largest request body accepted, in bytes")
     serve.set_defaults(run=_run_serve)
 
@@ -286,7 +286,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _configure_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if verbosity == 0:
         from transformers.utils import logging as transformers_logging

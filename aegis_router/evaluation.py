@@ -80,9 +80,9 @@ def load_queries(path: str | Path, *, split: str | None = None, limit: int | Non
 class ScoreTable:
     """Fast-tier and full-tier tool scores, ``(queries, tools)``, for a list of queries.
 
-    ``fast`` holds the scores the router decides with (through its exit head
-    when it uses one); ``fast_without_head`` holds the raw fast tier's scores
-    when there is a head, else None. Tools outside a query's ``candidates``
+    ``fast`` contains the scores the router decides with, through its exit
+    head when it uses one. ``fast_without_head`` contains the raw fast tier's
+    scores when there is a head, else None. Tools outside a query's ``candidates``
     score ``-inf``, so they are never chosen and do not count in margins.
     """
 

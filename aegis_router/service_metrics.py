@@ -1,12 +1,8 @@
 """Prometheus metrics of the HTTP service, and the middleware that records them per request."""
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
-
-logger = logging.getLogger(__name__)
-
 
 ENDPOINTS = ("/v1/route", "/v1/select", "/v1/embeddings", "/v1/models", "/healthz", "/metrics")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -6,7 +6,6 @@
 import argparse
 import base64
 import json
-import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
     from .encoder import Encoder
     from .router import RouteResult, Selection
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

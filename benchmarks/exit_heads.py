@@ -56,7 +56,9 @@ def measure(name: str, encoder: Encoder, head, info, fast: Tier, data: Path, spl
     for label, index in (("without head", plain), ("with head", headed)):
         router = Router(index, encoder)
         table = ScoreTable.compute(router, queries)
-        unlabelled = ScoreTable(tuple(Query(text=q.text) for q in queries), table.tool_ids, table.fast, table.full)
+        unlabelled = ScoreTable(
+            tuple(Query(text=q.text) for q in queries), table.tool_ids, table.fast, table.full, head=table.head
+        )
         fitted = calibrate(unlabelled, mode="agreement", agreement=0.99, min_score=None)
         calibrated = Router(index.with_thresholds(fitted.thresholds), encoder)
         result = evaluate(calibrated, queries, table=table)
