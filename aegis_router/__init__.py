@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from .catalogue import Catalogue, Tool
     from .encoder import Encoder, EncoderState
     from .index import Index, Thresholds
-    from .router import RouteResult, Router, Selection, route
+    from .router import Router, RouteResult, Selection, route
 
 
 def __getattr__(name: str):

@@ -15,7 +15,10 @@ from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
-from transformers.masking_utils import create_bidirectional_mask, create_bidirectional_sliding_window_mask
+from transformers.masking_utils import (
+    create_bidirectional_mask,
+    create_bidirectional_sliding_window_mask,
+)
 
 from .errors import UnsupportedModelError
 
@@ -152,8 +155,9 @@ def backbone_for(
     ``runtime="lean"`` covers the BERT family and ModernBERT. Other models
     (MPNet) and configurations the lean path does not handle fall back to the
     transformers runtime, with an INFO log. ``quantize="int8"`` replaces the
-    linear layers by int8 ones (CPU, float32 models only); in the transformers
-    runtime this modifies ``model`` in place.
+    linear layers by int8 ones (CPU, float32 models only). Both change
+    ``model`` in place: the lean runtime re-lays its linear weights, and int8
+    replaces its ``nn.Linear`` modules.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r} is not supported; use one of {', '.join(map(repr, RUNTIMES))}")

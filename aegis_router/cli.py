@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=64, help="tasks per batch for throughput (default 64)")
     bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     bench.add_argument("--model", help="model folder or hub id, if it moved since the index was built")
+    bench.add_argument(
+        "--baseline",
+        dest="baselines",
+        action="append",
+        choices=("sentence-transformers", "transformers-runtime", "semantic-router"),
+        help="comparison mode to time as well; repeat for several (default: sentence-transformers)",
+    )
+    bench.add_argument("--quantize", choices=("int8",), help="run the router's linear layers in int8 (default: float32)")
     bench.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to FILE")
     bench.set_defaults(run=_run_bench)
 
@@ -189,7 +197,7 @@ def _load_router(args: argparse.Namespace, **thresholds):
     from .router import Router
 
     index = Index.load(args.index)
-    encoder = Encoder.from_pretrained(args.model or index.model.name)
+    encoder = Encoder.from_pretrained(args.model or index.model.name, quantize=getattr(args, "quantize", None))
     return Router(index, encoder, **thresholds)
 
 
@@ -272,7 +280,14 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     router = _load_router(args)
     tasks = [query.text for query in load_queries(args.queries, limit=args.limit)]
-    report = run_bench(router, tasks, repeats=args.repeats, batch_size=args.batch_size, threads=args.threads)
+    report = run_bench(
+        router,
+        tasks,
+        repeats=args.repeats,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        baselines=args.baselines or ("sentence-transformers",),
+    )
     print(report.format())
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")

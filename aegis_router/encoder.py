@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,12 @@ from tqdm.auto import tqdm
 
 from .backbones import Backbone, ExitNorm, Quantization, Runtime, backbone_for
 from .errors import TierError, UnsupportedModelError
-from .model_files import SentenceModelConfig, fingerprint_folder, read_sentence_config, resolve_model_folder
+from .model_files import (
+    SentenceModelConfig,
+    fingerprint_folder,
+    read_sentence_config,
+    resolve_model_folder,
+)
 from .tiers import Tier
 
 logger = logging.getLogger(__name__)
@@ -121,12 +126,13 @@ class Encoder:
         ``device`` defaults to the CPU and ``dtype`` to float32, whatever dtype
         the checkpoint was saved in: bfloat16 is far slower than float32 on
         most CPUs. ``exit_norm`` sets how a pre-LayerNorm model's early exits
-        are read. ``runtime`` chooses how layers run: ``"lean"`` (the default)
-        drives the weights directly with fewer torch calls, ``"transformers"``
-        calls transformers' own layer modules; both give the same vectors, and
-        MPNet always uses ``"transformers"``. ``quantize="int8"`` runs the
-        linear layers in int8 on the CPU, for the fast and the resumed pass
-        alike. See :func:`aegis_router.backbones.backbone_for`.
+        are read. ``runtime`` chooses how layers run. ``"lean"`` (the default)
+        drives the weights directly with fewer torch calls, and
+        ``"transformers"`` calls transformers' own layer modules. Both give the
+        same vectors within float rounding. MPNet always runs on
+        ``"transformers"``. ``quantize="int8"`` runs the linear layers in int8
+        on the CPU, for the fast and the resumed pass alike. See
+        :func:`aegis_router.backbones.backbone_for`.
         """
         from transformers import AutoModel, AutoTokenizer
 

@@ -44,6 +44,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def tiny_modernbert_config(**overrides) -> ModernBertConfig:
     # A sliding window of +-4 tokens, so test texts of 10+ tokens exercise it.
+    # The large initializer range makes every layer move the vectors visibly, so
+    # a skipped or wrong layer fails the exactness tests.
     settings = dict(
         vocab_size=len(SPECIAL) + len(WORDS),
         hidden_size=32,
@@ -54,6 +56,7 @@ def tiny_modernbert_config(**overrides) -> ModernBertConfig:
         global_attn_every_n_layers=3,
         max_position_embeddings=128,
         pad_token_id=0,
+        initializer_range=0.2,
         cls_token_id=2,
         sep_token_id=3,
         bos_token_id=2,
@@ -72,6 +75,7 @@ def tiny_bert_config(**overrides) -> BertConfig:
         num_attention_heads=2,
         max_position_embeddings=128,
         pad_token_id=0,
+        initializer_range=0.2,
     )
     settings.update(overrides)
     return BertConfig(**settings)
