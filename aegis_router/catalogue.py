@@ -28,6 +28,9 @@ from .errors import CatalogueError
 
 logger = logging.getLogger(__name__)
 
+# The fields of an MCP tool definition (Model Context Protocol, tools/list).
+MCP_TOOL_FIELDS = frozenset({"name", "title", "description", "inputSchema", "outputSchema", "annotations", "_meta"})
+
 CatalogueFormat = Literal["auto", "tools", "openai", "mcp", "skills"]
 CATALOGUE_FORMATS: tuple[str, ...] = ("auto", "tools", "openai", "mcp", "skills")
 
@@ -288,6 +291,13 @@ def _mcp_tools(data: Any, source: str) -> list[Tool]:
     for position, entry in enumerate(items):
         if not isinstance(entry, dict):
             raise CatalogueError(f"{source}: entry {position} is a {type(entry).__name__}, expected a mapping")
+        unknown = sorted(set(entry) - MCP_TOOL_FIELDS)
+        if unknown or "inputSchema" not in entry:
+            problem = f"has fields MCP tools do not have ({', '.join(unknown)})" if unknown else "has no 'inputSchema'"
+            raise CatalogueError(
+                f"{source}: entry {position} {problem}; this does not look like an MCP tools/list result. "
+                "Use --format auto or the format the file is in"
+            )
         extra = {key: value for key, value in entry.items() if key in ("title", "annotations", "outputSchema")}
         fields = {
             "id": entry.get("name"),

@@ -43,8 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="demo",
         help="model folder or hub id; 'demo' (the default) is the bundled all-MiniLM-L6-v2, English only",
     )
-    index.add_argument("--fast-tier", type=Tier.parse, help="fast tier as LAYERSxDIM (default: the model's profile)")
-    index.add_argument("--format", default="auto", choices=("auto", "tools", "openai", "mcp", "skills"))
+    index.add_argument("--fast-tier", type=_tier_argument, help="fast tier as LAYERSxDIM, for example 1x384 (default: the model's profile)")
+    index.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", "tools", "openai", "mcp", "skills"),
+        help="catalogue format (default auto: detected from each file's content)",
+    )
     index.add_argument("--batch-size", type=int, default=32, help="texts per encoder batch (default 32)")
     index.add_argument("--device", help="torch device, for example cpu or cuda (default cpu)")
     index.add_argument("--rebuild", action="store_true", help="embed every tool again instead of reusing unchanged ones")
@@ -54,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("index", type=Path, help="index folder built by 'aegis-router index'")
     route.add_argument("tasks", nargs="*", help="tasks to route; read from standard input when none are given")
     route.add_argument("--json", action="store_true", help="print one JSON object per task")
-    route.add_argument("--k", type=int, default=3, help="number of ranked candidates to show (default 3)")
+    route.add_argument("--k", type=_positive_int, default=3, help="number of ranked candidates to show (default 3)")
     route.add_argument("--margin", type=float, help="override the escalation margin")
     route.add_argument("--min-score", type=float, help="override the full-tier score below which no tool fits")
     route.add_argument("--model", help="model folder or hub id, if it moved since the index was built")
@@ -184,6 +189,23 @@ def _run_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tier_argument(text: str) -> Tier:
+    try:
+        return Tier.parse(text)
+    except (ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_query_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="keep only queries whose 'split' field equals this, for example dev")
     parser.add_argument("--limit", type=int, help="use at most this many queries")
@@ -203,6 +225,12 @@ def _load_router(args: argparse.Namespace, **thresholds):
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import ScoreTable, evaluate, format_evaluation, load_queries
+
+    for output in (args.json, args.plot):
+        if output is not None and not output.resolve().parent.is_dir():
+            raise ValueError(f"cannot write {output}: folder {output.resolve().parent} does not exist")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        args.plot = args.plot.with_name(args.plot.name + ".png")
 
     queries = load_queries(args.queries, split=args.split, limit=args.limit)
     router = _load_router(args, margin=args.margin, min_score=args.min_score, fast_min_score=args.fast_min_score)

@@ -66,8 +66,16 @@ def load_queries(path: str | Path, *, split: str | None = None, limit: int | Non
             if split is not None and row.get("split") != split:
                 continue
             queries.append(Query(**row))
-        except (json.JSONDecodeError, ValidationError, TypeError) as exc:
-            raise QueryFileError(f"{path}: line {number} is not a valid query ({exc})") from None
+        except json.JSONDecodeError as exc:
+            raise QueryFileError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"field {'.'.join(map(str, e['loc']))!r}: {e['msg']}" for e in exc.errors())
+            raise QueryFileError(
+                f"{path}: line {number} is not a valid query ({problems}); expected "
+                '{"text": "...", "gold": ["tool id", ...]}'
+            ) from None
+        except TypeError as exc:
+            raise QueryFileError(f"{path}: line {number} is not a JSON object ({exc})") from None
         if limit is not None and len(queries) >= limit:
             break
 

@@ -275,6 +275,10 @@ class Index:
 
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
+            # mkdtemp makes a private folder; an index gets the usual permissions.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(staging, 0o777 & ~umask)
             save_file({key: np.ascontiguousarray(value) for key, value in self.vectors.items()}, str(staging / VECTORS))
             (staging / CATALOGUE).write_text(self.catalogue.to_json(), encoding="utf-8")
             if self.head is not None:
@@ -284,6 +288,7 @@ class Index:
             manifest = self._manifest(staging)
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
             for name in (*manifest["files"], MANIFEST):
+                os.chmod(staging / name, 0o666 & ~umask)
                 _fsync(staging / name)
             _swap_in(staging, path)
         except BaseException:
@@ -299,6 +304,8 @@ class Index:
 
         path = Path(path)
         manifest_file = path / MANIFEST
+        if not path.exists():
+            raise IndexFormatError(f"index folder {path} does not exist; build one with `aegis-router index CATALOGUE -o {path}`")
         if not manifest_file.is_file():
             leftovers = sorted(path.parent.glob(f".{path.name}.*.old"))
             hint = f"; a replaced index was left at {leftovers[0]} by an interrupted save" if leftovers else ""

@@ -53,7 +53,8 @@ class Tier:
         return {"layers": self.layers, "dim": self.dim}
 
     def __str__(self) -> str:
-        return f"{self.layers} layers/{self.dim}d"
+        unit = "layer" if self.layers == 1 else "layers"
+        return f"{self.layers} {unit}/{self.dim}d"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
 from public_sets import load_catalogue, load_queries  # noqa: E402
 
 from aegis_router import Encoder, Router  # noqa: E402
@@ -41,10 +42,13 @@ def main() -> None:
     parser.add_argument("--margin", type=float, help="escalation margin (default: the model profile's)")
     parser.add_argument("--min-score", type=float, default=-math.inf, help="full-tier score below which no tool fits (default: off)")
     parser.add_argument("--timed", type=int, default=300, help="tasks timed one at a time per mode (default 300)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--data", help="folder of the public benchmarks (default ../shared/benchmarks)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     encoder = Encoder.from_pretrained(args.model, runtime=args.runtime, quantize=args.quantize)
     catalogue = load_catalogue(args.set, data=args.data, examples_per_tool=args.examples)

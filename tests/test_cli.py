@@ -227,7 +227,8 @@ def test_route_missing_index(tmp_path, capsys):
     assert code == 2
     assert out == ""
     assert err.startswith("aegis-router: error: ")
-    assert "not an aegis-router index" in err
+    assert "does not exist" in err
+    assert "aegis-router index CATALOGUE -o" in err
 
 
 def test_route_no_tasks(index_path, capsys, monkeypatch):
@@ -257,3 +258,18 @@ def test_demo_index_and_route(tmp_path, capsys):
     results = route_json([str(output), "How many euros is 250 Japanese yen", "Roll production back to the previous release"], capsys)
 
     assert [result["tool"] for result in results] == ["currency_convert", "deploy_rollback"]
+
+
+def test_index_forced_mcp_rejects_native_list(tmp_path, capsys):
+    catalogue = Path(__file__).resolve().parent.parent / "examples" / "catalogue" / "tools.yaml"
+    code, _, err = run(["index", str(catalogue), "-o", str(tmp_path / "idx"), "--format", "mcp"], capsys)
+    assert code == 2
+    assert "does not look like an MCP tools/list result" in err
+    assert not (tmp_path / "idx").exists()
+
+
+def test_malformed_fast_tier_names_expected_form(tmp_path, capsys):
+    catalogue = Path(__file__).resolve().parent.parent / "examples" / "catalogue" / "tools.yaml"
+    with pytest.raises(SystemExit):
+        main(["index", str(catalogue), "-o", str(tmp_path / "idx"), "--fast-tier", "abc"])
+    assert "LAYERSxDIM" in capsys.readouterr().err
