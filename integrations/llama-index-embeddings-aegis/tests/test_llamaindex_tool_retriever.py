@@ -165,7 +165,7 @@ def test_agent_accepts_retriever(retriever):
         (lambda tools: [], {}, ValueError, "tools is empty"),
         (lambda tools: tools, {"top_k": 0}, ValueError, r"top_k must be an integer between 1 and the number of tools \(6\), got 0"),
         (lambda tools: tools, {"top_k": 7}, ValueError, "got 7"),
-        (lambda tools: tools, {"fast_tier": "1x999"}, TierError, "fast_tier: 1 layers/999d asks for 999 dimensions"),
+        (lambda tools: tools, {"fast_tier": "1x999"}, TierError, "fast_tier: 1 layer/999d asks for 999 dimensions"),
         (lambda tools: [*tools, tools[0]], {}, ValueError, "tools 0 and 6 are both named 'get_weather'"),
         (lambda tools: [*tools, get_weather], {}, TypeError, "tool 6 is a function, expected a LlamaIndex BaseTool"),
         (
