@@ -24,6 +24,7 @@ from .tiers import ModelProfile, Tier
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Candidate": "router",
     "Catalogue": "catalogue",
     "Encoder": "encoder",
     "EncoderState": "encoder",
@@ -40,10 +41,12 @@ _LAZY = {
 
 __all__ = [
     "AegisRouterError",
+    "Candidate",
     "Catalogue",
     "CatalogueError",
     "Encoder",
     "EncoderState",
+    "ExitHead",
     "HeadError",
     "Index",
     "IndexFormatError",
