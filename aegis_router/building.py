@@ -31,7 +31,7 @@ def build_index(
 
     When ``output`` already contains an index of the same model and tiers, tools
     whose text did not change keep their vectors, and its thresholds are
-    kept (calibrated ones included; recalibrate if the catalogue changed much).
+    kept if they were calibrated (recalibrate if the catalogue changed much).
     """
     catalogue = Catalogue.load(*catalogue_paths, format=catalogue_format)
     encoder = model if isinstance(model, Encoder) else Encoder.from_pretrained(model, device=device)
@@ -50,7 +50,10 @@ def build_index(
     thresholds = Thresholds(
         margin=profile.margin, min_score=profile.min_score, source=f"profile {profile.name}"
     )
-    if previous is not None and previous.model.fingerprint == encoder.fingerprint and previous.fast_tier == fast_tier:
+    # Calibrated thresholds carry over to a rebuild; profile defaults are taken
+    # afresh, so a changed profile reaches existing indexes.
+    same_model = previous is not None and previous.model.fingerprint == encoder.fingerprint
+    if same_model and previous.fast_tier == fast_tier and previous.thresholds.source == "calibration":
         thresholds = previous.thresholds
 
     index = Index.build(
