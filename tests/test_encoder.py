@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from sample_texts import SENTENCES
 from transformers import AutoModel
 
 from aegis_router import Encoder, Tier, TierError, UnsupportedModelError
@@ -178,9 +179,8 @@ def test_final_norm_option_rejected_for_bert(tiny_bert_path):
 
 
 def test_unsupported_architecture_names_model_type(tmp_path):
-    from transformers import GPT2Config, GPT2Model
-
     from tiny_models import save_sentence_model
+    from transformers import GPT2Config, GPT2Model
 
     model = GPT2Model(GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64))
     path = save_sentence_model(tmp_path / "gpt2", model.eval())
@@ -250,26 +250,7 @@ def test_demo_model_matches_sentence_transformers(demo_encoder):
     from aegis_router.model_files import demo_model_folder
 
     sentences = [
-        "Book a table for two at an Italian restaurant tomorrow night.",
-        "What's the weather going to be like in Lisbon this weekend?",
-        "Deploy the payments service to staging and tail its logs.",
-        "Convert this PDF invoice to plain text.",
-        "Remind me to call my dentist at 3pm.",
-        "Open a ticket: the login page returns a 500 error after the last release.",
-        "How many users signed up last month according to the database?",
-        "Translate 'good morning' into Japanese.",
-        "Find the function that parses ISO dates in our repository.",
-        "Refund order 1234 because the package arrived damaged.",
-        "Summarise the meeting transcript and list the action items.",
-        "Silence the disk-space alerts on db-3 for two hours.",
-        "Take a screenshot of the dashboard after logging in.",
-        "Search my notes for the hotel I liked in Kyoto.",
-        "Convert 250 US dollars to euros at today's rate.",
-        "Send a message to the #infra channel saying the migration is done.",
-        "List my calendar events for next Tuesday.",
-        "Resize the logo to 512 by 512 pixels.",
-        "Who won the football match yesterday?",
-        "Write release notes for version 2.3 from these commits.",
+        *SENTENCES,
         "a",
         "Ein kurzer deutscher Satz über das Wetter.",
         "这是一个中文句子。",

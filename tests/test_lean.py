@@ -5,6 +5,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from sample_texts import SENTENCES
 from transformers import AutoModel
 
 from aegis_router import Encoder, Tier
@@ -27,38 +28,6 @@ TEXTS = [
 # Five tokens each with [CLS] and [SEP], so a batch of them has no padding.
 EQUAL_LENGTH = ["show the logs", "find the pdf", "open the file", "send the email"]
 
-SENTENCES = [
-    "Book a table for two at an Italian restaurant tomorrow night.",
-    "What's the weather going to be like in Lisbon this weekend?",
-    "Deploy the payments service to staging and tail its logs.",
-    "Convert this PDF invoice to plain text.",
-    "Remind me to call my dentist at 3pm.",
-    "Open a ticket: the login page returns a 500 error after the last release.",
-    "How many users signed up last month according to the database?",
-    "Translate 'good morning' into Japanese.",
-    "Find the function that parses ISO dates in our repository.",
-    "Refund order 1234 because the package arrived damaged.",
-    "Summarise the meeting transcript and list the action items.",
-    "Silence the disk-space alerts on db-3 for two hours.",
-    "Take a screenshot of the dashboard after logging in.",
-    "Search my notes for the hotel I liked in Kyoto.",
-    "Convert 250 US dollars to euros at today's rate.",
-    "Send a message to the #infra channel saying the migration is done.",
-    "List my calendar events for next Tuesday.",
-    "Resize the logo to 512 by 512 pixels.",
-    "Who won the football match yesterday?",
-    "Write release notes for version 2.3 from these commits.",
-    "Play some relaxing jazz in the living room.",
-    "How long would it take to drive from Porto to Madrid?",
-    "Cancel my gym membership at the end of the month.",
-    "Show me the failing tests on the main branch.",
-    "What is the capital of Australia?",
-    "Order more printer paper for the office.",
-    "Set the thermostat to 21 degrees.",
-    "Check whether the nightly backup finished.",
-    "Draft a polite reply declining the invitation.",
-    "Which of our servers has the highest CPU load right now?",
-]
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +38,12 @@ def strong_paths(tmp_path_factory):
     embedding output, so a wrong layer would still match the reference within
     1e-5. At 0.2 each layer moves the pooled vector visibly (checked below).
     """
+    from tiny_models import (
+        save_sentence_model,
+        tiny_bert_config,
+        tiny_modernbert_config,
+    )
     from transformers import BertModel, ModernBertModel
-
-    from tiny_models import save_sentence_model, tiny_bert_config, tiny_modernbert_config
 
     torch.manual_seed(0)
     modernbert = ModernBertModel(tiny_modernbert_config(initializer_range=0.2)).eval()
@@ -266,9 +238,8 @@ def test_model_output_unchanged_after_lean_load(kind, encoders, strong_paths):
 
 
 def test_roberta_runs_lean(tmp_path):
-    from transformers import RobertaConfig, RobertaModel
-
     from tiny_models import SPECIAL, WORDS, save_sentence_model
+    from transformers import RobertaConfig, RobertaModel
 
     torch.manual_seed(0)
     config = RobertaConfig(
@@ -290,9 +261,8 @@ def test_roberta_runs_lean(tmp_path):
 
 
 def test_mpnet_falls_back_to_transformers_runtime(tmp_path, caplog):
-    from transformers import MPNetConfig, MPNetModel
-
     from tiny_models import SPECIAL, WORDS, save_sentence_model
+    from transformers import MPNetConfig, MPNetModel
 
     config = MPNetConfig(
         vocab_size=len(SPECIAL) + len(WORDS),
