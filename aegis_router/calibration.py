@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 CalibrationMode = Literal["labels", "agreement"]
 MARGIN_STEPS = 200
+FEW_QUERIES = 200
 FLOOR_STEPS = 40
 
 
@@ -86,6 +87,12 @@ def calibrate(
     ``min_score`` is the full-tier floor to keep when it cannot be fitted
     (no out-of-scope queries, or agreement mode).
     """
+    if len(table.queries) < FEW_QUERIES:
+        logger.warning(
+            "calibrating on %d queries: thresholds fitted on fewer than %d are noisy; give more real tasks",
+            len(table.queries),
+            FEW_QUERIES,
+        )
     labelled = all(query.gold is not None for query in table.queries)
     mode = mode or ("labels" if labelled else "agreement")
     if mode == "labels" and not labelled:

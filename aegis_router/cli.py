@@ -325,6 +325,8 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _run_serve(args: argparse.Namespace) -> int:
     from .service import serve
 
+    # A server's start, address and stop are worth seeing without -v.
+    logging.getLogger("aegis_router.service").setLevel(min(logging.INFO, logging.getLogger().level))
     return serve(args)
 
 

@@ -404,8 +404,12 @@ class Encoder:
         if wrong_types:
             raise TypeError(f"texts must all be strings; these positions are not: {', '.join(wrong_types[:10])}")
         blank = [str(i) for i, text in enumerate(items) if not text.strip()]
+        if len(blank) == 1:
+            raise ValueError(f"the text at position {blank[0]} is empty or whitespace only; give it some words or drop it")
         if blank:
-            raise ValueError(f"texts at positions {', '.join(blank[:10])} are empty or whitespace only")
+            raise ValueError(
+                f"texts at positions {', '.join(blank[:10])} are empty or whitespace only; give them some words or drop them"
+            )
         return items
 
 
