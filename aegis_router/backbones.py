@@ -208,7 +208,7 @@ def contract_exit_norm(config) -> ExitNorm | None:
     """Read the early-exit convention from a ``representation_contract`` config entry.
 
     Accepted forms: ``"raw"`` or ``"final_norm"``, or a mapping whose
-    ``early_exit`` key holds one of them.
+    ``early_exit`` key contains one of them.
     """
     contract = getattr(config, "representation_contract", None)
     if contract is None:

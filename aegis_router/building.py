@@ -47,9 +47,7 @@ def build_index(
         except AegisRouterError as exc:
             logger.warning("cannot reuse the index at %s (%s); embedding every tool", output, exc)
 
-    thresholds = Thresholds(
-        margin=profile.margin, min_score=profile.min_score, source=f"profile {profile.name}"
-    )
+    thresholds = Thresholds.from_profile(profile)
     # Calibrated thresholds carry over to a rebuild; profile defaults are taken
     # afresh, so a changed profile reaches existing indexes.
     same_model = previous is not None and previous.model.fingerprint == encoder.fingerprint

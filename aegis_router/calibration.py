@@ -173,7 +173,7 @@ def _sweep(gaps, best, fast_correct, full_correct, uses_floor: bool) -> list[Tra
 
 
 def _fit_min_score(full: np.ndarray, gold: np.ndarray, out_of_scope: np.ndarray) -> float:
-    """The full-tier floor that maximises accuracy over in-scope and out-of-scope queries together."""
+    """Find the full-tier floor that maximises accuracy over in-scope and out-of-scope queries together."""
     best_scores = full.max(axis=1)
     right_tool = gold[np.arange(len(gold)), full.argmax(axis=1)]
     candidates = np.unique(np.quantile(best_scores, np.linspace(0, 1, 401)))
@@ -189,7 +189,7 @@ def _correct(choice: np.ndarray, gold: np.ndarray, out_of_scope: np.ndarray) -> 
 
 
 def describe(calibration: Calibration) -> dict[str, Any]:
-    """The calibration as plain JSON types."""
+    """Convert the calibration to plain JSON types."""
     return {
         "thresholds": calibration.thresholds.to_dict(),
         "chosen": calibration.chosen.__dict__,

@@ -158,13 +158,13 @@ class ScoreTable:
         )
 
     def without_head(self) -> ScoreTable:
-        """The same table with the raw fast tier's scores, as a router without the head would see."""
+        """Return the same table with the raw fast tier's scores, as a router without the head would compute them."""
         if self.fast_without_head is None:
             return self
         return ScoreTable(self.queries, self.tool_ids, self.fast_without_head, self.full)
 
     def gold_mask(self) -> np.ndarray:
-        """``(queries, tools)`` booleans: True where the tool is a gold answer."""
+        """Return ``(queries, tools)`` booleans that are True where the tool is in the query's gold list."""
         position = {tool: i for i, tool in enumerate(self.tool_ids)}
         mask = np.zeros(self.fast.shape, dtype=bool)
         for row, query in enumerate(self.queries):
@@ -308,7 +308,7 @@ def evaluate(router: Router, queries: Sequence[Query], *, table: ScoreTable | No
 
 
 def format_evaluation(evaluation: Evaluation) -> str:
-    """A plain-text table of an evaluation, for the command line."""
+    """Format an evaluation as a plain-text table for the command line."""
     columns = ["top1", "recall@1", "recall@3", "recall@5", "recall@10", "mrr", "abstention_precision", "abstention_recall"]
     present = [c for c in columns if c in evaluation.full]
     short = {"abstention_precision": "abst_prec", "abstention_recall": "abst_rec"}

@@ -85,7 +85,7 @@ class ExitHead(nn.Module):
 
 @dataclass(frozen=True)
 class HeadInfo:
-    """What an exit head was made for and how it was trained; stored in the index manifest."""
+    """Model, tiers and training summary of an exit head, as stored in the index manifest."""
 
     model_fingerprint: str
     fast_tier: Tier

@@ -37,7 +37,7 @@ import numpy as np
 
 from .catalogue import Catalogue, tool_hash, tool_text
 from .errors import IndexFormatError, IndexMismatchError
-from .tiers import Tier
+from .tiers import ModelProfile, Tier
 
 if TYPE_CHECKING:
     import torch
@@ -88,6 +88,11 @@ class Thresholds:
         }
 
     @classmethod
+    def from_profile(cls, profile: ModelProfile) -> Thresholds:
+        """Take a model profile's default thresholds, marked as coming from that profile."""
+        return cls(margin=profile.margin, min_score=profile.min_score, source=f"profile {profile.name}")
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Thresholds:
         return cls(
             margin=float(data["margin"]),
@@ -100,7 +105,7 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Which model built an index; an index is only valid with the same weights."""
+    """Identity of the model that built an index; an index is valid only with the same weights."""
 
     name: str
     fingerprint: str
@@ -145,7 +150,7 @@ class Index:
         return f"{self.fast_tier.key}+head"
 
     def fast_matrix(self, use_head: bool = True) -> np.ndarray:
-        """The fast-tier entry vectors: through the exit head when there is one and ``use_head`` is set."""
+        """Return the fast-tier entry vectors, mapped through the exit head when there is one and ``use_head`` is set."""
         if use_head and self.head is not None:
             return self.vectors[self.head_key]
         return self.matrix(self.fast_tier)
@@ -168,7 +173,7 @@ class Index:
         return int(next(iter(self.vectors.values())).shape[0])
 
     def matrix(self, tier: Tier) -> np.ndarray:
-        """The entry vectors of ``tier``, or an error naming the tiers this index has."""
+        """Return the entry vectors of ``tier``, or raise an error naming the tiers this index has."""
         try:
             return self.vectors[tier.key]
         except KeyError:
@@ -405,7 +410,7 @@ def _can_reuse(previous: Index, encoder: Encoder, fast_tier: Tier, full_tier: Ti
 
 
 def entry_texts(catalogue: Catalogue) -> list[tuple[str, str]]:
-    """Every entry of a catalogue in index order, as ``(text, prompt name)`` pairs."""
+    """List every entry of a catalogue in index order, as ``(text, prompt name)`` pairs."""
     entries = []
     for tool in catalogue:
         entries.append((tool_text(tool), DOCUMENT_PROMPT))
@@ -414,7 +419,7 @@ def entry_texts(catalogue: Catalogue) -> list[tuple[str, str]]:
 
 
 def entry_pooled_states(catalogue: Catalogue, encoder: Encoder, tier: Tier, batch_size: int = 64) -> torch.Tensor:
-    """The pooled state after ``tier.layers`` layers of every entry, in index order (the input of an exit head)."""
+    """Compute the pooled state after ``tier.layers`` layers of every entry, in index order, as an exit head's input."""
     import torch
 
     entries = entry_texts(catalogue)

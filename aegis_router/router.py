@@ -70,7 +70,7 @@ class RouteResult:
         return self.tool.id if self.tool is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The result as plain JSON types, with the keys the command line prints."""
+        """Convert the result to plain JSON types, with the keys the command line prints."""
         return {
             "task": self.task,
             "tool": self.tool_id,
@@ -220,7 +220,7 @@ class Router:
             encoder,
             fast_tier=fast_tier or profile.fast,
             full_tier=profile.full_tier_for(encoder.depth, encoder.hidden_size),
-            thresholds=Thresholds(margin=profile.margin, min_score=profile.min_score, source=f"profile {profile.name}"),
+            thresholds=Thresholds.from_profile(profile),
             profile=profile.name,
         )
         return cls(index, encoder, **options)
@@ -262,7 +262,7 @@ class Router:
     def route_batch(self, tasks: Sequence[str]) -> list[RouteResult]:
         """Route several tasks: one fast pass for all, one resumed pass for only the unsure ones."""
         started = time.perf_counter()
-        fast_scores, escalate, full_scores = self._cascade(tasks, cut=1)
+        fast_scores, full_scores = self._cascade(tasks, cut=1)
 
         results = []
         elapsed_ms = (time.perf_counter() - started) * 1000 / len(tasks)
@@ -295,7 +295,7 @@ class Router:
         if not 1 <= k <= len(self.index.catalogue):
             raise ValueError(f"k must be between 1 and the number of tools ({len(self.index.catalogue)}), got {k}")
         started = time.perf_counter()
-        fast_scores, _, full_scores = self._cascade([task], cut=k)
+        fast_scores, full_scores = self._cascade([task], cut=k)
 
         escalated = 0 in full_scores
         scores = full_scores[0] if escalated else fast_scores[0]
@@ -323,7 +323,7 @@ class Router:
         vectors = self.encoder.encode(list(tasks), tier, prompt_name=self._prompt)
         return tool_scores(vectors, self.index.matrix(tier), self._starts)
 
-    def _cascade(self, tasks: Sequence[str], cut: int) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    def _cascade(self, tasks: Sequence[str], cut: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Run the fast tier on all tasks and the full tier on the unsure ones.
 
         ``cut`` is the rank whose gap to the next rank decides: 1 for routing
@@ -333,7 +333,7 @@ class Router:
         if self.head is not None:
             vectors = self.head.vectors(self.encoder.pool(state), self.fast_tier.dim)
         fast_scores = tool_scores(vectors, self._fast, self._starts)
-        escalate = self._unsure(fast_scores, cut)
+        escalate = unsure_rows(fast_scores, cut, self.thresholds.margin, self.thresholds.fast_min_score)
 
         full_scores: dict[int, np.ndarray] = {}
         rows = np.flatnonzero(escalate)
@@ -341,11 +341,7 @@ class Router:
             full_vectors = self.encoder.resume(state.rows(rows.tolist()), self.full_tier)
             for row, scores in zip(rows, tool_scores(full_vectors, self._full, self._starts)):
                 full_scores[int(row)] = scores
-        return fast_scores, escalate, full_scores
-
-    def _unsure(self, scores: np.ndarray, cut: int) -> np.ndarray:
-        """Which rows of fast-tier tool scores the fast tier cannot decide alone."""
-        return unsure_rows(scores, cut, self.thresholds.margin, self.thresholds.fast_min_score)
+        return fast_scores, full_scores
 
     def _candidates(self, scores: np.ndarray, ranked: np.ndarray) -> tuple[Candidate, ...]:
         catalogue = self.index.catalogue
@@ -365,10 +361,10 @@ def unsure_rows(scores: np.ndarray, cut: int, margin: float, fast_min_score: flo
 
 
 def top_gap(scores: np.ndarray, cut: int = 1) -> np.ndarray:
-    """The gap between each row's ``cut``-th and ``(cut+1)``-th best score.
+    """Compute the gap between each row's ``cut``-th and ``(cut+1)``-th best score.
 
-    The gap is infinite when a row has no ``(cut+1)``-th finite score, which
-    happens with a small catalogue or when candidates mask tools to ``-inf``.
+    The gap is infinite when a row has no ``(cut+1)``-th finite score. That
+    happens with a small catalogue, or when candidates mask tools to ``-inf``.
     """
     if scores.shape[1] <= cut:
         return np.full(scores.shape[0], np.inf)

@@ -63,7 +63,7 @@ class ModelProfile:
 
     ``margin`` is the smallest gap between the best and the second-best tool at
     the fast tier that the router trusts without escalating. ``min_score`` is the
-    full-tier cosine below which the router answers "no tool fits". Both are
+    full-tier cosine below which the router returns "no tool fits". Both are
     defaults only: a calibrated index overrides them, and so does the caller.
     ``calibrated_on`` says where the defaults were measured, or is empty when
     they are placeholders that calibration must replace.
@@ -79,7 +79,7 @@ class ModelProfile:
     notes: str = ""
 
     def full_tier_for(self, depth: int, hidden_size: int) -> Tier:
-        """The profile's full tier, or the model's own depth and width when the model is smaller."""
+        """Return the profile's full tier, or the model's own depth and width when the model is smaller."""
         if self.full.layers <= depth and self.full.dim <= hidden_size:
             return self.full
         return Tier(depth, hidden_size)
